@@ -1,0 +1,196 @@
+"""A serving SavedModel: uint8 images of any size in, DeepLab predictions at that size out.
+
+Same tensor names as the official `export_model.py` (`ImageTensor` in, `SemanticPredictions` /
+`SemanticProbabilities` out) so DeepLab users' client code keeps working, but with two differences
+that make it servable as is: the batch size and the image size are free (the official graph was
+fixed to one image no larger than `crop_size`), and it is a TF2 SavedModel with a
+`serving_default` signature (TF Serving, `saved_model_cli`, `tf.saved_model.load`), not a frozen
+graph. Everything the official pipeline does around the network happens inside the graph:
+
+1. cast to float and pad bottom/right with 127.5 (`mean_pixel` of the NAS variants) to the next
+   size of the form 32k+1 (the sizes the network aligns cleanly on, spec 1.7), or to a fixed
+   `crop_size` as the official exporter does;
+2. for each inference scale: bilinear resize (align_corners) of the padded image to
+   `scale_dimension(size, s)`, the network (inference mode: moving BN statistics, no dropout or drop
+   path), optionally also on the left-right flipped image (flipped back), logits resized back to the
+   padded size, softmax; the probabilities of all passes are averaged
+   (`model.predict_labels_multi_scale`);
+3. crop back to H x W; predictions = argmax (of the logits for a single pass, as
+   `model.predict_labels` does).
+
+The architecture, dataset (class names, palette) and model options travel as asset files, so a
+served model explains itself without this package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+from nas_deeplab import resize
+from nas_deeplab.io_utils import OutputError, atomic_directory
+
+INPUT_NAME = "ImageTensor"
+PREDICTIONS = "SemanticPredictions"
+PROBABILITIES = "SemanticProbabilities"
+SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # 'serving_default'
+PAD_VALUE = 127.5      # official mean_pixel('nas_hnasnet'): padded pixels become 0 after [-1, 1] scaling
+SIZE_MULTIPLE = 32     # pad to 32k+1
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked; the message names the flag or path."""
+
+
+def padded_length(length, multiple: int = SIZE_MULTIPLE):
+    """Smallest multiple*k + 1 >= length with k >= 1 (ints or int32 scalar tensors)."""
+    if isinstance(length, tf.Tensor):
+        k = tf.maximum((length - 1 + multiple - 1) // multiple, 1)
+        return k * multiple + 1
+    return max((int(length) - 1 + multiple - 1) // multiple, 1) * multiple + 1
+
+
+class SegmentationServer(tf.Module):
+    """The exported object: `serve(ImageTensor)` plus the model's variables and metadata assets."""
+
+    def __init__(self, model, num_classes: int, inference_scales: Sequence[float] = (1.0,),
+                 add_flipped_images: bool = False, crop_size: Sequence[int] | None = None,
+                 asset_files: Mapping[str, str] | None = None):
+        super().__init__(name="nas_deeplab_server")
+        scales = tuple(float(s) for s in inference_scales)
+        if not scales or any(s <= 0 for s in scales):
+            raise ExportError(f"--inference_scales must be positive numbers, got {list(scales)}")
+        if crop_size is not None:
+            crop_size = tuple(int(c) for c in crop_size)
+            if len(crop_size) != 2 or min(crop_size) < 1:
+                raise ExportError(f"--crop_size must be two positive integers (height,width), got "
+                                  f"{list(crop_size)}")
+        # Only the variables are tracked, not the Keras model: SavedModel tracking does not see
+        # Keras 3 layers kept in Python lists (their variables would be dropped), and saving the
+        # model object would also try to serialise whatever tf.functions it carries.
+        self._keras_call = lambda images: model(images, training=False)   # plain callable: untracked
+        # The tf.Variables themselves (`.value`), not Keras 3 variable wrappers: a wrapper is saved
+        # as its own object, which TF1-style loaders (saved_model_cli run, TF Serving) cannot bind
+        # to the graph's variable reads ("Could not find variable ...").
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        self.num_classes = int(num_classes)
+        self.inference_scales = scales
+        self.add_flipped_images = bool(add_flipped_images)
+        self.crop_size = crop_size
+        self.assets = {name: tf.saved_model.Asset(path) for name, path in (asset_files or {}).items()}
+
+    # -- the graph ---------------------------------------------------------------------------
+    def _logits(self, images):
+        out = self._keras_call(images)
+        return tf.cast(out, tf.float32)
+
+    def predict(self, images_uint8):
+        """(predictions int32 [N,H,W], probabilities float32 [N,H,W,C]) for uint8 [N,H,W,3]."""
+        with tf.name_scope("check_input"):
+            channels = tf.shape(images_uint8)[3]
+            check = tf.debugging.assert_equal(
+                channels, 3, message=f"{INPUT_NAME} must be RGB images [N, H, W, 3]; got channel count")
+            with tf.control_dependencies([check]):
+                images = tf.ensure_shape(tf.identity(images_uint8), [None, None, None, 3])
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        if self.crop_size is None:
+            ph, pw = padded_length(h), padded_length(w)
+        else:
+            ph, pw = tf.constant(self.crop_size[0]), tf.constant(self.crop_size[1])
+            fits = tf.debugging.assert_less_equal(
+                tf.stack([h, w]), tf.stack([ph, pw]),
+                message=f"image larger than the export's fixed crop size {list(self.crop_size)} "
+                        "(re-export with a larger --crop_size, or without it for any size)")
+            with tf.control_dependencies([fits]):
+                ph = tf.identity(ph)
+        padded = tf.pad(tf.cast(images, tf.float32), [[0, 0], [0, ph - h], [0, pw - w], [0, 0]],
+                        constant_values=PAD_VALUE)
+        passes = []  # logits at the padded size
+        for scale in self.inference_scales:
+            if scale == 1.0:
+                scaled = padded
+            else:
+                scaled = resize.resize_bilinear(
+                    padded, (resize.scale_dimension(ph, scale), resize.scale_dimension(pw, scale)))
+            variants = [(scaled, False)] + ([(tf.reverse(scaled, [2]), True)]
+                                            if self.add_flipped_images else [])
+            for image, flipped in variants:
+                logits = self._logits(image)
+                if flipped:
+                    logits = tf.reverse(logits, [2])
+                if scale != 1.0:
+                    logits = resize.resize_bilinear(logits, (ph, pw))
+                passes.append(logits)
+        if len(passes) == 1:
+            logits = passes[0][:, :h, :w, :]
+            probabilities = tf.nn.softmax(logits)
+            predictions = tf.argmax(logits, axis=3, output_type=tf.int32)
+        else:
+            probabilities = tf.add_n([tf.nn.softmax(p) for p in passes]) / float(len(passes))
+            probabilities = probabilities[:, :h, :w, :]
+            predictions = tf.argmax(probabilities, axis=3, output_type=tf.int32)
+        return predictions, probabilities
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)])
+    def serve(self, ImageTensor):  # noqa: N803  (the argument name is the signature's input key)
+        predictions, probabilities = self.predict(ImageTensor)
+        return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS),
+                PROBABILITIES: tf.identity(probabilities, name=PROBABILITIES)}
+
+
+def _write_asset_sources(folder: str, metadata: Mapping[str, object]) -> dict[str, str]:
+    files = {}
+    for name, content in metadata.items():
+        if os.sep in name or name.startswith("."):
+            raise ExportError(f"bad asset file name {name!r}")
+        text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
+        path = os.path.join(folder, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        files[name] = path
+    return files
+
+
+def export_saved_model(model, export_path: str, num_classes: int | None = None,
+                       metadata: Mapping[str, object] | None = None,
+                       inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False,
+                       crop_size: Sequence[int] | None = None, overwrite: bool = False) -> str:
+    """Write the serving SavedModel of `model` (raw 0..255 float images -> logits at input size).
+
+    `metadata` maps asset file names to text or JSON-able objects (e.g. 'architecture.json').
+    Written into a temporary folder renamed into place: a failed export leaves nothing behind, and
+    an existing non-empty `export_path` is refused unless `overwrite`.
+    """
+    if num_classes is None:
+        num_classes = int(model.output_shape[-1])
+    metadata = dict(metadata or {})
+    metadata.setdefault("export_info.json", {
+        "format": "nas_deeplab.saved_model", "version": 1,
+        "signature": SIGNATURE_KEY, "input": {INPUT_NAME: "uint8 [N, H, W, 3], " + (
+            f"H <= {crop_size[0]}, W <= {crop_size[1]}" if crop_size else "any H, W")},
+        "outputs": {PREDICTIONS: "int32 [N, H, W]", PROBABILITIES: f"float32 [N, H, W, {num_classes}]"},
+        "num_classes": int(num_classes), "inference_scales": [float(s) for s in inference_scales],
+        "add_flipped_images": bool(add_flipped_images),
+        "crop_size": None if crop_size is None else [int(c) for c in crop_size],
+        "pad_value": PAD_VALUE, "pad_to": "crop_size" if crop_size else f"{SIZE_MULTIPLE}k+1"})
+    with tempfile.TemporaryDirectory(prefix="nas_deeplab_assets_") as asset_dir:
+        server = SegmentationServer(model, num_classes, inference_scales, add_flipped_images, crop_size,
+                                    _write_asset_sources(asset_dir, metadata))
+        signature = server.serve.get_concrete_function()
+        with atomic_directory(export_path, overwrite=overwrite) as tmp:
+            try:
+                tf.saved_model.save(server, tmp, signatures={SIGNATURE_KEY: signature})
+            except (OSError, tf.errors.OpError) as e:
+                raise OutputError(f"cannot write SavedModel {export_path}: {e}") from e
+    return os.path.abspath(export_path)
+
+
+def read_asset(export_path: str, name: str) -> str:
+    """The text of an asset file of an exported model (plain file read; no TF needed)."""
+    path = os.path.join(export_path, "assets", name)
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,53 @@
+"""Helpers shared by the export tests: a tiny stand-in segmentation model and the TSV readers."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nas_deeplab import resize
+
+SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "spec")
+
+
+def read_tsv(name):
+    """[(name, shape tuple)] from an official variable list, in file (creation) order."""
+    rows = []
+    with open(os.path.join(SPEC_DIR, name), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                n, shape = line.rstrip("\n").split("\t")
+                rows.append((n, tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())))
+    return rows
+
+
+class _ResizeLike(keras.layers.Layer):
+    def call(self, x, ref):
+        return resize.resize_bilinear(x, tf.shape(ref)[1:3])
+
+
+def make_standin(num_classes=3, seed=0):
+    """Raw 0..255 images -> logits at input size, like build_deeplab, with random non-trivial BN."""
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(2.0 / 255.0, -1.0)(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
+    model = keras.Model(inp, _ResizeLike()(x, inp))
+    rng = np.random.RandomState(seed)
+    for v in model.variables:
+        value = rng.randn(*v.shape).astype(np.float32) * 0.5
+        if "variance" in v.path:
+            value = np.abs(value) + 0.5
+        v.assign(value)
+    return model
+
+
+def standin_name_map(model):
+    """An official-style {name: variable} map for the stand-in."""
+    names = {"conv/kernel": "net/conv/weights", "bn/gamma": "net/bn/gamma", "bn/beta": "net/bn/beta",
+             "bn/moving_mean": "net/bn/moving_mean", "bn/moving_variance": "net/bn/moving_variance",
+             "logits/kernel": "logits/semantic/weights", "logits/bias": "logits/semantic/biases"}
+    return {names[v.path]: v for v in model.variables}
