@@ -28,9 +28,6 @@ def make_strategy(name: str = "mirrored", num_cpu_replicas: int = 0) -> tf.distr
         raise ValueError(f"--strategy={name!r}: choose one of {list(STRATEGIES)}")
     if num_cpu_replicas > 1:
         configure_logical_cpus(num_cpu_replicas)
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
@@ -40,6 +37,11 @@ def make_strategy(name: str = "mirrored", num_cpu_replicas: int = 0) -> tf.distr
         except json.JSONDecodeError as e:
             raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
+    # (listing devices initialises the TF runtime, which must not happen before the multi-worker
+    # strategy has configured its collectives, hence after that branch)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
     cpus = tf.config.list_logical_devices("CPU")

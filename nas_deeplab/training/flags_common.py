@@ -1,0 +1,162 @@
+"""absl flags shared by train.py, eval.py and export.py (model, architecture, data set), and their
+parsing into config objects. Each CLI calls the define_* functions it needs once at import.
+
+Names and forms follow official DeepLab (`--atrous_rates=12 --atrous_rates=24 ...`,
+`--train_crop_size=513,513`); comma lists are accepted for the repeated flags too.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from nas_deeplab.training.model_config import ModelConfig
+
+
+class FlagError(ValueError):
+    """A flag value that cannot be used; the message names the flag."""
+
+
+def _once(marker):
+    """Make a define_* function idempotent per FlagValues (skipped when `marker` is defined), so
+    train.py and eval.py, which share these definitions, can live in one process (e.g. tests)."""
+    def decorate(define):
+        def wrapper(flag_values=flags.FLAGS):
+            if marker in flag_values:
+                return
+            define(flag_values)
+        wrapper.__doc__, wrapper.__name__ = define.__doc__, define.__name__
+        return wrapper
+    return decorate
+
+
+@_once("nas_stem_output_num_conv_filters")
+def define_model_flags(flag_values=flags.FLAGS) -> None:
+    """--architecture, --nas_stem_output_num_conv_filters, --atrous_rates, --output_stride,
+    --decoder_output_stride, --aspp_with_separable_conv, --decoder_use_separable_conv."""
+    f = flag_values
+    flags.DEFINE_string("architecture", None,
+                        "Preset (auto_deeplab_s|auto_deeplab_m|auto_deeplab_l) or an architecture.json "
+                        "written by search.py. Default: the published architecture at F=8 (a quick model "
+                        "for CPUs); use auto_deeplab_s for the paper's S.", flag_values=f)
+    flags.DEFINE_integer("nas_stem_output_num_conv_filters", None,
+                         "Filter multiplier F; overrides the architecture's F when given (official flag).",
+                         flag_values=f)
+    flags.DEFINE_multi_string("atrous_rates", ["12", "24", "36"],
+                              "ASPP atrous rates (repeat the flag or give a comma list).", flag_values=f)
+    flags.DEFINE_integer("output_stride", 8, "Output stride of the backbone (hnasnet: always 8).",
+                         flag_values=f)
+    flags.DEFINE_string("decoder_output_stride", "4",
+                        "Decoder low-level feature stride: 4 (Cell_2), 8 (Cell_5) or 'none' (no decoder).",
+                        flag_values=f)
+    flags.DEFINE_boolean("aspp_with_separable_conv", True, "Separable 3x3 atrous convs in ASPP "
+                         "(official default; the paper's parameter counts use regular ones: false).",
+                         flag_values=f)
+    flags.DEFINE_boolean("decoder_use_separable_conv", True, "Separable 3x3 convs in the decoder.",
+                         flag_values=f)
+
+
+@_once("dataset_dir")
+def define_dataset_flags(flag_values=flags.FLAGS) -> None:
+    """--dataset, --dataset_dir, --min_resize_value, --max_resize_value, --resize_factor."""
+    f = flag_values
+    flags.DEFINE_string("dataset", "synthetic", "Data set: synthetic (built in), cityscapes, "
+                        "pascal_voc_seg, ade20k, or a JSON descriptor path.", flag_values=f)
+    flags.DEFINE_string("dataset_dir", None, "Folder of <split>-*.tfrecord shards (official format); "
+                        "not needed for the built-in synthetic set.", flag_values=f)
+    flags.DEFINE_integer("min_resize_value", None, "Desired size of the smaller image side.", flag_values=f)
+    flags.DEFINE_integer("max_resize_value", None, "Maximum allowed size of the larger image side.",
+                         flag_values=f)
+    flags.DEFINE_integer("resize_factor", None, "Resized dimensions are multiple of factor plus one.",
+                         flag_values=f)
+
+
+@_once("mixed_precision")
+def define_runtime_flags(flag_values=flags.FLAGS) -> None:
+    """--strategy, --deterministic, --seed, --mixed_precision (train/search)."""
+    f = flag_values
+    flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "multi_worker"],
+                      "tf.distribute strategy; multi_worker reads TF_CONFIG.", flag_values=f)
+    flags.DEFINE_boolean("deterministic", False, "Op determinism + fixed seeds: repeated runs (and resumed "
+                         "runs) give bit-identical results.", flag_values=f)
+    flags.DEFINE_integer("seed", None, "Seed for data order, augmentation, initialisation and drop path "
+                         "(default: 0 with --deterministic, else random).", flag_values=f)
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
+                      "Keras mixed precision policy (float16 uses dynamic loss scaling).", flag_values=f)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+def parse_int_list(values, flag: str) -> tuple[int, ...]:
+    """['12', '24,36'] -> (12, 24, 36)."""
+    out = []
+    for v in ([values] if isinstance(values, (str, int)) else (values or [])):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise FlagError(f"--{flag}: {part!r} is not an integer") from None
+    return tuple(out)
+
+
+def parse_float_list(values, flag: str) -> tuple[float, ...]:
+    out = []
+    for v in ([values] if isinstance(values, (str, float, int)) else (values or [])):
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise FlagError(f"--{flag}: {part!r} is not a number") from None
+    return tuple(out)
+
+
+def parse_size(values, flag: str, allow_none: bool = False) -> tuple[int, int] | None:
+    """'769,769' or ['769', '769'] -> (769, 769); one value means a square."""
+    if values is None or values == [] or values == "":
+        if allow_none:
+            return None
+        raise FlagError(f"--{flag} is required (h,w)")
+    sizes = parse_int_list(values, flag)
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise FlagError(f"--{flag}: expected 'height,width' positive integers, got {values!r}")
+    return sizes
+
+
+def parse_decoder_output_stride(value, flag: str = "decoder_output_stride") -> int | None:
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    vals = parse_int_list(value, flag)
+    if len(vals) != 1:
+        raise FlagError(f"--{flag}: one value expected (4, 8 or none), got {value!r}")
+    return vals[0]
+
+
+def model_config_from_flags(flag_values=flags.FLAGS) -> ModelConfig:
+    """ModelConfig from the flags of define_model_flags (errors name the flag)."""
+    f = flag_values
+    try:
+        return ModelConfig(
+            architecture=f.architecture,
+            filter_multiplier=f.nas_stem_output_num_conv_filters,
+            atrous_rates=parse_int_list(f.atrous_rates, "atrous_rates"),
+            output_stride=f.output_stride,
+            decoder_output_stride=parse_decoder_output_stride(f.decoder_output_stride),
+            aspp_with_separable_conv=f.aspp_with_separable_conv,
+            decoder_use_separable_conv=f.decoder_use_separable_conv)
+    except FlagError:
+        raise
+    except ValueError as e:
+        raise FlagError(str(e)) from None
+
+
+def resize_options_from_flags(flag_values=flags.FLAGS) -> dict:
+    f = flag_values
+    return {"min_resize_value": f.min_resize_value, "max_resize_value": f.max_resize_value,
+            "resize_factor": f.resize_factor}
