@@ -1,0 +1,211 @@
+"""Benchmarks: search steps, training step, exported inference, input pipeline.
+
+    python bench/run.py [--only=search,train,inference,input] [--crops=65,129,321] [--json=PATH]
+
+Prints a table and writes JSON records ({"name", "crop" or "size", "median_s", "peak_rss_mib",
+"gflops", "gflop_per_s", ...}) plus the machine (CPU model, cores, GPU, TF version).
+
+FLOP convention (the same for every record): the TF profiler's float-op count of the traced forward
+graph (2 FLOPs per multiply-add of every conv/matmul, plus elementwise ops it counts), times 3 for a
+step that also back-propagates to the weights (backward ~ 2x forward) and times 2 for the
+architecture step (backward to the activations and alpha/beta only). Peak RSS is the process
+maximum so far, so each section runs in its own process (`--only` is re-invoked per section).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("only", ["search", "train", "inference", "input"], "Sections to run.")
+flags.DEFINE_list("crops", ["65", "129", "321"], "Search crops.")
+flags.DEFINE_list("train_crops", ["321", "769"], "Training-step crops (Auto-DeepLab-S).")
+flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported) after warm-up.")
+flags.DEFINE_string("json", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"),
+                    "Where to write the records.")
+flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
+flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
+SECTIONS = ("search", "train", "inference", "input")
+
+
+def _forward_flops(fn, spec):
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    return common.graph_flops(tf.function(fn).get_concrete_function(spec))
+
+
+def bench_search(crop: int, repeats: int) -> list[dict]:
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab.search import searcher  # noqa: PLC0415
+    with tempfile.TemporaryDirectory() as out:
+        cfg = searcher.SearchConfig(output_dir=out, crop_size=crop, batch_size=2, num_layers=12,
+                                    num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
+                                    arch_start_epoch=0, strategy="one_device", val_steps=0)
+        t0 = time.monotonic()
+        s = searcher.Searcher(cfg, log=lambda *a, **k: None)
+        build_s = time.monotonic() - t0
+        it_a = s._dataset("trainA", 0)  # noqa: SLF001 - the benchmark drives the compiled steps directly
+        it_b = s._dataset("trainB", 0)  # noqa: SLF001
+        t0 = time.monotonic()
+        s.weight_step(next(it_a))["loss"].numpy()
+        first_w = time.monotonic() - t0
+        t0 = time.monotonic()
+        s.arch_step(next(it_b))["loss"].numpy()
+        first_a = time.monotonic() - t0
+        startup_rss = common.peak_rss_mib()
+        fwd = _forward_flops(lambda x: s.net(x), tf.TensorSpec([2, crop, crop, 3], tf.float32))
+        w_times = common.time_calls(lambda: s.weight_step(next(it_a))["loss"].numpy(), 0, repeats)
+        a_times = common.time_calls(lambda: s.arch_step(next(it_b))["loss"].numpy(), 0, repeats)
+        params = int(s.net.parameter_count("weights"))
+    base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params}
+    return [
+        common.record("search_startup", [build_s + first_w], None, build_s=round(build_s, 2),
+                      trace_and_first_weight_step_s=round(first_w, 2),
+                      first_arch_step_s=round(first_a, 2), startup_peak_rss_mib=round(startup_rss, 1),
+                      **base),
+        common.record("search_weight_step", w_times, fwd and 3 * fwd, **base),
+        common.record("search_arch_step", a_times, fwd and 2 * fwd, **base),
+    ]
+
+
+def bench_train(crop: int, repeats: int) -> list[dict]:
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab import architecture  # noqa: PLC0415
+    from nas_deeplab.model import deeplab  # noqa: PLC0415
+    from nas_deeplab.training import losses  # noqa: PLC0415
+    opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
+                                decoder_use_separable_conv=False)
+    model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    opt.build(model.trainable_variables)
+    images = tf.random.uniform([2, crop, crop, 3], 0, 255)
+    labels = tf.random.uniform([2, crop, crop, 1], 0, 19, dtype=tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = losses.valid_pixel_mean_loss(logits, labels, 255) + tf.add_n(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([2, crop, crop, 3], tf.float32))
+    times = common.time_calls(lambda: step().numpy(), 1, repeats)
+    return [common.record("train_step", times, fwd and 3 * fwd, crop=crop, batch=2,
+                          model="auto_deeplab_s regular heads, 19 classes")]
+
+
+def bench_inference(repeats: int) -> list[dict]:
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab import architecture  # noqa: PLC0415
+    from nas_deeplab.export import saved_model  # noqa: PLC0415
+    from nas_deeplab.model import deeplab  # noqa: PLC0415
+    opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
+                                decoder_use_separable_conv=False)
+    model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+    records = []
+    with tempfile.TemporaryDirectory() as out:
+        path = saved_model.export_saved_model(model, os.path.join(out, "m"), num_classes=19)
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        for (h, w), batch in (((1025, 2049), 1), ((513, 513), 1), ((513, 513), 4)):
+            img = tf.constant(np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8))
+            fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([batch, h, w, 3], tf.float32))
+            times = common.time_calls(lambda: serve(ImageTensor=img)["SemanticPredictions"].numpy(), 1,
+                                      repeats)
+            rec = common.record("inference", times, fwd, size=f"{h}x{w}", batch=batch,
+                                model="auto_deeplab_s regular heads SavedModel")
+            rec["images_per_s"] = round(batch / rec["median_s"], 2)
+            records.append(rec)
+    return records
+
+
+def bench_input(repeats: int) -> list[dict]:
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab.data import pipeline, synthetic  # noqa: PLC0415
+    desc, ddir = synthetic.resolve_dataset("synthetic", None)
+    ds = pipeline.make_dataset(ddir, desc.default_train_split, desc, batch_size=8, is_training=True,
+                               crop_size=(129, 129), repeat=True)
+    it = iter(ds)
+    n_batches = 20
+
+    def run():
+        for _ in range(n_batches):
+            next(it)["image"].numpy()
+
+    times = common.time_calls(run, 1, repeats)
+    rec = common.record("input_pipeline", times, None, crop=129, batch=8,
+                        note="synthetic TFRecords, decode+scale+crop+flip")
+    rec["examples_per_s"] = round(n_batches * 8 / rec["median_s"], 1)
+    return [rec]
+
+
+def _child(section: str, arg: str, repeats: int) -> list[dict]:
+    if section == "search":
+        return bench_search(int(arg), repeats)
+    if section == "train":
+        return bench_train(int(arg), repeats)
+    if section == "inference":
+        return bench_inference(repeats)
+    return bench_input(repeats)
+
+
+def main(argv):
+    del argv
+    import json  # noqa: PLC0415
+    if FLAGS.child:
+        print("BENCH_JSON " + json.dumps(_child(FLAGS.only[0], FLAGS.child_crop, FLAGS.repeats)), flush=True)
+        return
+    bad = [s for s in FLAGS.only if s not in SECTIONS]
+    if bad:
+        raise app.UsageError(f"--only: unknown sections {bad}; choose from {list(SECTIONS)}")
+    from bench import common  # noqa: PLC0415
+    jobs = []
+    for section in FLAGS.only:
+        if section == "search":
+            jobs += [(section, c) for c in FLAGS.crops]
+        elif section == "train":
+            jobs += [(section, c) for c in FLAGS.train_crops]
+        else:
+            jobs.append((section, ""))
+    records = []
+    for section, arg in jobs:
+        # One process per measurement: peak RSS is per process, and one size never warms another.
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--only={section}",
+               f"--child_crop={arg}", f"--repeats={FLAGS.repeats}"]
+        print(f"running {section} {arg}".rstrip(), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+        if proc.returncode or not lines:
+            tail = (proc.stderr or proc.stdout)[-2000:]
+            print(f"  {section} {arg} failed (exit {proc.returncode}):\n{tail}", flush=True)
+            records.append({"name": section, "crop": arg, "error": tail[-300:]})
+            continue
+        records += json.loads(lines[-1][len("BENCH_JSON "):])
+    meta = common.machine()
+    print(f"machine: {meta['cpu']}, {meta['cores']} cores, GPU: {meta['gpu']}, TF {meta['tf']}")
+    common.print_table(records)
+    common.write_json(FLAGS.json, records, meta)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)
