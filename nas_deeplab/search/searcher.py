@@ -1,0 +1,420 @@
+"""The first-order bi-level search loop (paper Sec. 4.2) under tf.distribute.
+
+Each step: a weight step on a trainA batch (gradients for the network weights only), then, from
+`arch_start_epoch` on, an architecture step on a trainB batch (gradients for alpha/beta only).
+
+Optimisers (paper Sec. 5.1; conventions stated because the paper does not give them):
+* weights: SGD momentum 0.9, cosine LR 0.025 -> 0.001 over the whole search (Keras CosineDecay,
+  alpha = 0.001 / 0.025 = 0.04), weight decay 3e-4 as COUPLED L2 (g += wd * w before the momentum,
+  DARTS / PyTorch style; Keras' `weight_decay=` would be decoupled). Keras SGD folds the LR into the
+  velocity (v = m v - lr g), which differs from PyTorch only while the LR changes.
+* alpha/beta: Adam lr 3e-3, betas (0.5, 0.999) (the DARTS `architect.py` convention), weight decay 1e-3
+  coupled (g += wd * a).
+Loss: softmax cross-entropy averaged over the valid pixels of the global batch.
+
+Resume: checkpoints hold the weights, alpha, beta, both optimisers and the global step. The data order
+and augmentation of every epoch are a pure function of (seed, epoch) (a fresh pipeline per epoch,
+`skip` to the step within the epoch), and the trainA/trainB halves depend on `split_seed` only, so a
+resumed `--deterministic` run ends with the same alpha/beta as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from nas_deeplab import architecture, io_utils
+from nas_deeplab.search import decode, supernet, visualize
+from nas_deeplab.training import distribute, losses, memory, progress
+
+
+class SearchError(RuntimeError):
+    """The search cannot go on (non-finite values, inconsistent resume, ...); the message says why."""
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    output_dir: str
+    dataset: str = "synthetic"
+    dataset_dir: Optional[str] = None
+    epochs: int = 40
+    steps_per_epoch: int = 0          # 0: one pass over trainA; else a cap
+    arch_start_epoch: int = 20
+    crop_size: int = 321
+    batch_size: int = 2               # global batch
+    filter_multiplier: int = 8
+    num_layers: int = 12
+    num_blocks: int = 5
+    num_levels: int = 4               # strides 4 .. 4 * 2**(num_levels - 1) (4: up to 32, the paper)
+    seed: int = 0
+    split_seed: int = 0               # trainA/trainB halves (fixed for the whole search)
+    deterministic: bool = False
+    strategy: str = "mirrored"
+    num_cpu_replicas: int = 0
+    weight_lr: float = 0.025
+    weight_lr_min: float = 0.001
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 3e-3
+    arch_beta_1: float = 0.5
+    arch_beta_2: float = 0.999
+    arch_weight_decay: float = 1e-3
+    val_steps: int = 4                # batches of fixed val crops for the per-epoch val mIoU (0: off)
+    recompute: bool = False           # recompute nodes in the backward pass (less memory, more time)
+    log_every: int = 10
+    checkpoint_every: int = 0         # steps; 0: at the end of every epoch only
+    stop_after_step: Optional[int] = None  # stop (checkpointed) after this global step: simulates an interruption
+
+    def validate(self):
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(msg)
+        need(self.output_dir, "--output_dir must not be empty")
+        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
+        need(0 <= self.arch_start_epoch, f"--arch_start_epoch must be >= 0, got {self.arch_start_epoch}")
+        need(self.crop_size >= 33, f"--crop_size must be >= 33 (stride 32 plus one), got {self.crop_size}")
+        need(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+        need(self.filter_multiplier >= 1, f"--filter_multiplier must be >= 1, got {self.filter_multiplier}")
+        need(self.num_layers >= 1, f"--num_layers must be >= 1, got {self.num_layers}")
+        need(self.num_blocks >= 1, f"--num_blocks must be >= 1, got {self.num_blocks}")
+        need(1 <= self.num_levels <= 4, f"--num_levels must be 1..4 (strides 4..32), got {self.num_levels}")
+        need(self.weight_lr > 0 and self.arch_lr > 0, "learning rates must be positive")
+        need(0 <= self.weight_lr_min <= self.weight_lr,
+             f"--weight_lr_min must be in [0, --weight_lr], got {self.weight_lr_min}")
+        need(self.strategy in distribute.STRATEGIES,
+             f"--strategy={self.strategy!r}: choose one of {list(distribute.STRATEGIES)}")
+        if (self.crop_size - 1) % 32:
+            print(f"note: --crop_size={self.crop_size} is not 32k+1; inter-level resizes will not be exact "
+                  "2x (DeepLab uses 32k+1 crops such as 65, 129, 321)", flush=True)
+
+
+# Settings that must not change when a search resumes.
+_RESUME_KEYS = ("epochs", "steps_per_epoch", "crop_size", "batch_size", "filter_multiplier", "num_layers",
+                "num_blocks", "num_levels", "seed", "split_seed", "dataset", "arch_start_epoch")
+
+
+@dataclasses.dataclass
+class SearchResult:
+    architecture: architecture.Architecture
+    architecture_path: str
+    output_dir: str
+    step: int
+    finished: bool
+    timings: dict
+
+
+def _npy_bytes(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a))
+    return buf.getvalue()
+
+
+def _miou(conf):
+    conf = np.asarray(conf, np.float64)
+    inter = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - inter
+    valid = union > 0
+    return float((inter[valid] / union[valid]).mean()) if valid.any() else float("nan")
+
+
+class Searcher:
+    def __init__(self, config: SearchConfig, strategy=None, log=print):
+        config.validate()
+        self.cfg = cfg = config
+        self.log = log
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        # The strategy first: multi-worker collectives must be configured before the runtime starts.
+        self.strategy = strategy or distribute.make_strategy(cfg.strategy, cfg.num_cpu_replicas)
+        from nas_deeplab.data import pipeline, synthetic
+        self._pipeline = pipeline
+        self.desc, self.dataset_dir = synthetic.resolve_dataset(cfg.dataset, cfg.dataset_dir)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        if cfg.batch_size % self.num_replicas:
+            raise ValueError(f"--batch_size={cfg.batch_size} must be a multiple of the number of replicas "
+                             f"({self.num_replicas})")
+        train_split = self.desc.default_train_split
+        n_train = int(self.desc.splits_to_sizes.get(train_split, 0))
+        full = max(1, (n_train // 2) // cfg.batch_size)
+        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.chief = distribute.is_chief(self.strategy)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        io_utils.check_writable_dir(cfg.output_dir, "--output_dir")
+        self.timings = {}
+
+        t0 = time.monotonic()
+        with self.strategy.scope():
+            self.net = supernet.Supernet(supernet.SupernetConfig(
+                num_classes=self.desc.num_classes, num_layers=cfg.num_layers, num_blocks=cfg.num_blocks,
+                filter_multiplier=cfg.filter_multiplier, num_levels=cfg.num_levels,
+                recompute=cfg.recompute), seed=cfg.seed)
+            import keras
+            schedule = keras.optimizers.schedules.CosineDecay(
+                cfg.weight_lr, decay_steps=max(1, self.total_steps), alpha=cfg.weight_lr_min / cfg.weight_lr)
+            self.schedule = schedule
+            self.weight_opt = keras.optimizers.SGD(schedule, momentum=cfg.weight_momentum)
+            self.arch_opt = keras.optimizers.Adam(cfg.arch_lr, beta_1=cfg.arch_beta_1, beta_2=cfg.arch_beta_2)
+            # Build the slots inside the scope before the first traced step (MirroredStrategy).
+            self.weight_opt.build(self.net.weight_variables)
+            self.arch_opt.build(self.net.arch_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.timings["build_s"] = time.monotonic() - t0
+        self.ckpt = tf.train.Checkpoint(supernet=self.net, weight_optimizer=self.weight_opt,
+                                        arch_optimizer=self.arch_opt, step=self.step)
+        ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self.restore_dir = ckpt_dir
+        if not self.chief:  # other workers save to a private folder (multi-worker convention)
+            task = getattr(getattr(self.strategy, "cluster_resolver", None), "task_id", 0)
+            ckpt_dir = os.path.join(cfg.output_dir, ".workers", f"worker_{task}", "checkpoints")
+        self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir, max_to_keep=2)
+        self._make_steps()
+
+    # -- data ----------------------------------------------------------------------------------
+    def _dataset(self, subset, epoch, skip=0, split=None, seed_offset=0):
+        cfg = self.cfg
+        kw = {}
+        if subset is None:  # fixed val crops: no scale augmentation, same crops every epoch
+            kw = dict(min_scale_factor=1.0, max_scale_factor=1.0)
+        ds = self._pipeline.make_dataset(
+            self.dataset_dir, split or self.desc.default_train_split, self.desc,
+            batch_size=cfg.batch_size, is_training=True, crop_size=(cfg.crop_size, cfg.crop_size),
+            subset=subset, split_seed=cfg.split_seed,
+            seed=(cfg.seed * 1000003 + epoch * 7919 + seed_offset) % (2 ** 31),
+            deterministic=cfg.deterministic, repeat=True, **kw)
+        ds = ds.map(lambda b: {"image": b["image"], "label": b["label"]})
+        if skip:
+            ds = ds.skip(skip)
+        return iter(self.strategy.experimental_distribute_dataset(ds))
+
+    # -- compiled steps ------------------------------------------------------------------------
+    def _make_steps(self):
+        net, cfg, strategy = self.net, self.cfg, self.strategy
+        ignore = self.desc.ignore_label
+        ncls = self.desc.num_classes
+        nrep = float(self.num_replicas)
+
+        def confusion(logits, labels):
+            labels = tf.reshape(labels, [-1])
+            pred = tf.reshape(tf.argmax(logits, -1, output_type=tf.int32), [-1])
+            valid = tf.not_equal(labels, ignore)
+            return tf.math.confusion_matrix(tf.boolean_mask(labels, valid), tf.boolean_mask(pred, valid),
+                                            num_classes=ncls, dtype=tf.float32)
+
+        def make(variables, opt, wd, grads_name):
+            def replica(batch):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(variables)
+                    logits = net(batch["image"])
+                    loss = losses.valid_pixel_mean_loss(logits, batch["label"], ignore)
+                grads = tape.gradient(loss, variables)
+                # Coupled L2; divided by the replica count because the optimiser SUMs replica grads.
+                grads = [g + (wd / nrep) * v for g, v in zip(grads, variables)]
+                loss_ok = tf.cast(tf.math.is_finite(loss), tf.float32)
+                grads_ok = tf.cast(tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
+                ok = loss_ok * grads_ok > 0
+                grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]  # never apply a bad update
+                opt.apply_gradients(zip(grads, variables))
+                return loss, loss_ok, grads_ok, confusion(logits, batch["label"])
+
+            @tf.function
+            def step(dist_batch):
+                loss, lok, gok, conf = strategy.run(replica, args=(dist_batch,))
+                r = strategy.reduce
+                S = tf.distribute.ReduceOp.SUM
+                # flags are 1/0 per replica: "ok" iff every replica is ok
+                return {"loss": r(S, loss, axis=None), "loss_ok": r(S, lok, axis=None) / nrep,
+                        "grads_ok": r(S, gok, axis=None) / nrep, "confusion": r(S, conf, axis=None)}
+            step.grads_name = grads_name
+            return step
+
+        self.weight_step = make(net.weight_variables, self.weight_opt, cfg.weight_decay, "weights")
+        self.arch_step = make(net.arch_variables, self.arch_opt, cfg.arch_weight_decay, "alpha/beta")
+
+        def eval_replica(batch):
+            return confusion(net(batch["image"]), batch["label"])
+
+        @tf.function
+        def eval_step(dist_batch):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                   strategy.run(eval_replica, args=(dist_batch,)), axis=None)
+        self.eval_step = eval_step
+
+    def _check(self, out, step, which):
+        if float(out["loss_ok"]) < 1 - 1e-6:
+            raise SearchError(f"non-finite loss at step {step} in the {which} step ({float(out['loss'])}); "
+                              f"the step was refused, the last good checkpoint is kept in "
+                              f"{self.manager.directory}")
+        if float(out["grads_ok"]) < 1 - 1e-6:
+            grads = self.weight_step.grads_name if which == "weight" else self.arch_step.grads_name
+            raise SearchError(f"non-finite gradients of the {grads} at step {step} ({which} step); the step "
+                              f"was refused, the last good checkpoint is kept in {self.manager.directory}")
+
+    # -- outputs -------------------------------------------------------------------------------
+    def current_architecture(self) -> architecture.Architecture:
+        return decode.decode(self.net.alpha.numpy(), self.net.beta.numpy(), self.cfg.filter_multiplier,
+                             name="searched")
+
+    def write_outputs(self, writer=None, epoch=None):
+        """architecture.json, alpha.npy, beta.npy and the PNGs (all atomic); TensorBoard images."""
+        if not self.chief:
+            return None
+        d = self.cfg.output_dir
+        alpha, beta = self.net.alpha.numpy(), self.net.beta.numpy()
+        arch = self.current_architecture()
+        arch.save(os.path.join(d, "architecture.json"))
+        io_utils.atomic_write_bytes(os.path.join(d, "alpha.npy"), _npy_bytes(alpha))
+        io_utils.atomic_write_bytes(os.path.join(d, "beta.npy"), _npy_bytes(beta))
+        cell = visualize.cell_png(arch)
+        path = visualize.network_png(arch.backbone)
+        io_utils.atomic_write_bytes(os.path.join(d, "cell.png"), cell)
+        io_utils.atomic_write_bytes(os.path.join(d, "network.png"), path)
+        if writer is not None:
+            step = int(self.step.numpy())
+            with writer.as_default():
+                for name, png in (("alpha", visualize.alpha_png(alpha)),
+                                  ("beta_trellis", visualize.network_png(arch.backbone, beta)),
+                                  ("cell", cell)):
+                    tf.summary.image(name, tf.image.decode_png(png, channels=4)[None], step=step)
+        return arch
+
+    def _save_config(self):
+        path = os.path.join(self.cfg.output_dir, "search_config.json")
+        cur = dataclasses.asdict(self.cfg)
+        cur["steps_per_epoch_effective"] = self.steps_per_epoch
+        if os.path.exists(path) and tf.train.latest_checkpoint(self.restore_dir):
+            with open(path) as f:
+                old = json.load(f)
+            diff = [k for k in _RESUME_KEYS if k in old and old[k] != cur[k]]
+            if diff:
+                raise SearchError(
+                    f"{self.cfg.output_dir} holds a search with different settings "
+                    + ", ".join(f"--{k}={old[k]} (now {cur[k]})" for k in diff)
+                    + "; use another --output_dir or the same settings to resume")
+        if self.chief:
+            io_utils.atomic_write_text(path, json.dumps(cur, indent=2) + "\n")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        cfg, log = self.cfg, self.log
+        import tensorboard  # noqa: F401  (tf.summary needs it installed)
+        self._save_config()
+        latest = tf.train.latest_checkpoint(self.restore_dir)
+        if latest:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+            log(f"resumed from {latest} at step {int(self.step.numpy())}")
+        writer = tf.summary.create_file_writer(os.path.join(cfg.output_dir, "tensorboard")) if self.chief \
+            else tf.summary.create_noop_writer()
+        start = int(self.step.numpy())
+        spe = self.steps_per_epoch
+        log(f"search: {self.total_steps} steps ({cfg.epochs} epochs x {spe}), alpha/beta from epoch "
+            f"{cfg.arch_start_epoch}, crop {cfg.crop_size}, global batch {cfg.batch_size} on "
+            f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
+            f"{self.net.parameter_count():,} supernet weights; build {self.timings['build_s']:.1f} s")
+        bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)
+        first_weight, first_arch = True, True
+        step = start
+        finished = step >= self.total_steps
+        epoch = step // spe
+        while step < self.total_steps:
+            epoch = step // spe
+            in_epoch = step % spe
+            it_a = self._dataset("trainA", epoch, skip=in_epoch)
+            do_arch = epoch >= cfg.arch_start_epoch
+            it_b = self._dataset("trainB", epoch, skip=in_epoch, seed_offset=1) if do_arch else None
+            conf_b = 0.0
+            for _ in range(in_epoch, spe):
+                t = time.monotonic()
+                batch = next(it_a)
+                if first_weight:
+                    self.weight_step.get_concrete_function(batch)
+                    self.timings["weight_trace_s"] = time.monotonic() - t
+                    t = time.monotonic()
+                out = self.weight_step(batch)
+                self._check(out, step + 1, "weight")
+                w_loss = float(out["loss"])
+                if first_weight:
+                    self.timings["weight_first_step_s"] = time.monotonic() - t
+                    log(f"weight step: trace {self.timings['weight_trace_s']:.1f} s, first step "
+                        f"{self.timings['weight_first_step_s']:.1f} s, peak RSS {memory.peak_rss_mib():.0f} MiB")
+                    first_weight = False
+                scalars = {"loss_w": w_loss}
+                if do_arch:
+                    t = time.monotonic()
+                    batch_b = next(it_b)
+                    if first_arch:
+                        self.arch_step.get_concrete_function(batch_b)
+                        self.timings["arch_trace_s"] = time.monotonic() - t
+                        t = time.monotonic()
+                    out_b = self.arch_step(batch_b)
+                    self._check(out_b, step + 1, "architecture")
+                    scalars["loss_a"] = float(out_b["loss"])
+                    conf_b = conf_b + out_b["confusion"].numpy()
+                    if first_arch:
+                        self.timings["arch_first_step_s"] = time.monotonic() - t
+                        log(f"architecture step: trace {self.timings['arch_trace_s']:.1f} s, first step "
+                            f"{self.timings['arch_first_step_s']:.1f} s, peak RSS "
+                            f"{memory.peak_rss_mib():.0f} MiB")
+                        first_arch = False
+                step += 1
+                self.step.assign(step)
+                lr = float(self.schedule(self.weight_opt.iterations - 1))
+                with writer.as_default():
+                    if step % cfg.log_every == 0 or step == self.total_steps:
+                        for k, v in scalars.items():
+                            tf.summary.scalar(f"loss/{k[5:] if k.startswith('loss_') else k}", v, step=step)
+                        tf.summary.scalar("lr/weights", lr, step=step)
+                        tf.summary.scalar("lr/arch", cfg.arch_lr, step=step)
+                bar.update(step, epoch=epoch + 1, lr=lr, **scalars)
+                stop_now = cfg.stop_after_step is not None and step >= cfg.stop_after_step
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_now:
+                    self.manager.save(checkpoint_number=step)
+                if stop_now:
+                    break
+            if cfg.stop_after_step is not None and step >= cfg.stop_after_step and step % spe:
+                log(f"stopped after step {step} as asked (checkpoint saved); run again to resume")
+                break
+            # end of epoch
+            self.manager.save(checkpoint_number=step)
+            with writer.as_default():
+                if do_arch:
+                    tf.summary.scalar("miou/trainB", _miou(conf_b), step=step)
+                if cfg.val_steps:
+                    miou = self.validate()
+                    tf.summary.scalar("miou/val", miou, step=step)
+                    log(f"epoch {epoch + 1}: val mIoU (fixed crops) {miou:.4f}")
+            arch = self.write_outputs(writer, epoch)
+            if arch is not None:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: backbone {list(arch.backbone)}")
+            writer.flush()
+            if cfg.stop_after_step is not None and step >= cfg.stop_after_step:
+                break
+        finished = step >= self.total_steps
+        arch = self.write_outputs(writer) if self.chief else self.current_architecture()
+        writer.flush()
+        self.timings["peak_rss_mib"] = memory.peak_rss_mib()
+        self.timings["traces"] = {"weight": self.weight_step.experimental_get_tracing_count(),
+                                  "arch": self.arch_step.experimental_get_tracing_count(),
+                                  "eval": self.eval_step.experimental_get_tracing_count()}
+        log(f"peak resident memory {self.timings['peak_rss_mib']:.0f} MiB")
+        return SearchResult(arch, os.path.join(cfg.output_dir, "architecture.json"), cfg.output_dir, step,
+                            finished, dict(self.timings))
+
+    def validate(self) -> float:
+        it = self._dataset(None, 0, split=self.desc.default_eval_split, seed_offset=12345)
+        conf = 0.0
+        for _ in range(self.cfg.val_steps):
+            conf = conf + self.eval_step(next(it)).numpy()
+        return _miou(conf)
+
+
+def run_search(config: SearchConfig, strategy=None, log=print) -> SearchResult:
+    return Searcher(config, strategy=strategy, log=log).run()

@@ -1,0 +1,122 @@
+"""Auto-DeepLab architecture search (hierarchical: cell alpha + network-level beta).
+
+    python search.py                      # small preset on the built-in data set (~10 min on 2 CPU cores)
+    python search.py --preset=paper --dataset=cityscapes --dataset_dir=/data/cityscapes_tfrecord
+
+Writes to --output_dir: architecture.json (read by train.py / export.py), alpha.npy, beta.npy,
+cell.png, network.png, checkpoints/ (automatic resume), tensorboard/, search_config.json.
+Every preset value can be overridden by its flag.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+PRESETS = {
+    # Finishes in about ten minutes on two CPU cores with the built-in data set.
+    "small": dict(crop_size=65, batch_size=4, filter_multiplier=4, num_layers=8, num_blocks=5, epochs=6,
+                  arch_start_epoch=2, steps_per_epoch=0, val_steps=3),
+    # Paper Sec. 5.1: 321x321 crops, batch 2, 40 epochs, alpha/beta from epoch 20, L=12, B=5, F=8.
+    "paper": dict(crop_size=321, batch_size=2, filter_multiplier=8, num_layers=12, num_blocks=5, epochs=40,
+                  arch_start_epoch=20, steps_per_epoch=0, val_steps=50),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("preset", "small", sorted(PRESETS), "Settings bundle; any flag below overrides it.")
+flags.DEFINE_string("output_dir", "search_output", "Output folder (resumes automatically if it holds "
+                    "checkpoints of the same search).")
+flags.DEFINE_string("dataset", "synthetic", "Data set name (cityscapes, pascal_voc_seg, ade20k, synthetic) "
+                    "or a JSON descriptor path.")
+flags.DEFINE_string("dataset_dir", None, "Folder of <split>-*.tfrecord shards (not needed for synthetic).")
+flags.DEFINE_integer("epochs", None, "Search epochs (one epoch = one pass over trainA).")
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (0: a full pass over trainA).")
+flags.DEFINE_integer("arch_start_epoch", None, "First epoch (0-based) with alpha/beta updates.")
+flags.DEFINE_integer("crop_size", None, "Square training crop (32k+1, e.g. 65, 129, 321).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (split over the replicas).")
+flags.DEFINE_integer("filter_multiplier", None, "F: a node at stride s has B*F*s/4 filters.")
+flags.DEFINE_integer("num_layers", None, "L: layers of the network-level trellis.")
+flags.DEFINE_integer("num_blocks", None, "B: blocks per cell.")
+flags.DEFINE_integer("num_levels", 4, "Trellis levels: strides 4 .. 4*2**(num_levels-1) (4: 4..32, paper).")
+flags.DEFINE_integer("val_steps", None, "Batches of fixed val crops for the per-epoch val mIoU (0: off).")
+flags.DEFINE_integer("seed", 0, "Seed of the supernet initialisation and of the data order.")
+flags.DEFINE_integer("split_seed", 0, "Seed of the trainA/trainB halves.")
+flags.DEFINE_boolean("deterministic", False, "Deterministic ops and data order (exact resume).")
+flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "multi_worker"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("num_cpu_replicas", 0, "Split the CPU into this many logical devices (no GPU).")
+flags.DEFINE_float("weight_lr", 0.025, "Initial cosine learning rate of the weights.")
+flags.DEFINE_float("weight_lr_min", 0.001, "Final cosine learning rate of the weights.")
+flags.DEFINE_float("weight_momentum", 0.9, "SGD momentum of the weights.")
+flags.DEFINE_float("weight_decay", 3e-4, "Coupled L2 weight decay of the weights.")
+flags.DEFINE_float("arch_lr", 3e-3, "Adam learning rate of alpha/beta.")
+flags.DEFINE_float("arch_beta_1", 0.5, "Adam beta_1 of alpha/beta (DARTS convention).")
+flags.DEFINE_float("arch_beta_2", 0.999, "Adam beta_2 of alpha/beta.")
+flags.DEFINE_float("arch_weight_decay", 1e-3, "Coupled L2 weight decay of alpha/beta.")
+flags.DEFINE_boolean("recompute", False, "Recompute each trellis node in the backward pass: less memory "
+                     "(for large crops), more time.")
+flags.DEFINE_integer("log_every", 10, "Progress line / TensorBoard scalars every N steps.")
+flags.DEFINE_integer("checkpoint_every", 0, "Also checkpoint every N steps (0: end of each epoch only).")
+flags.DEFINE_integer("stop_after_step", None, "Stop (with a checkpoint) after this global step; rerun "
+                     "to resume.")
+
+
+def config_from_flags():
+    from nas_deeplab.search.searcher import SearchConfig
+    preset = dict(PRESETS[FLAGS.preset])
+    kw = {}
+    for name in ("epochs", "steps_per_epoch", "arch_start_epoch", "crop_size", "batch_size",
+                 "filter_multiplier", "num_layers", "num_blocks", "val_steps"):
+        value = getattr(FLAGS, name)
+        kw[name] = preset[name] if value is None else value
+    for name in ("num_levels", "output_dir", "dataset", "dataset_dir", "seed", "split_seed", "deterministic", "strategy",
+                 "num_cpu_replicas", "weight_lr", "weight_lr_min", "weight_momentum", "weight_decay",
+                 "arch_lr", "arch_beta_1", "arch_beta_2", "arch_weight_decay", "recompute", "log_every",
+                 "checkpoint_every", "stop_after_step"):
+        kw[name] = getattr(FLAGS, name)
+    if kw["arch_start_epoch"] >= kw["epochs"]:
+        print(f"note: --arch_start_epoch={kw['arch_start_epoch']} >= --epochs={kw['epochs']}: alpha and beta "
+              "will not be updated", flush=True)
+    config = SearchConfig(**kw)
+    config.validate()
+    return config
+
+
+def main(argv):
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    from nas_deeplab.search.searcher import SearchError, run_search
+    try:
+        result = run_search(config)
+    except SearchError as e:
+        print(f"search stopped: {e}", file=sys.stderr, flush=True)
+        return 1
+    arch = result.architecture
+    state = "finished" if result.finished else f"stopped at step {result.step} (rerun to resume)"
+    print(f"\nsearch {state}. architecture: {os.path.abspath(result.architecture_path)}")
+    print(f"  backbone (level per layer, 0 = stride 4): {list(arch.backbone)}")
+    print(f"  strides: {list(arch.output_strides())}")
+    for i in range(arch.num_blocks):
+        (lo, li), (ro, ri) = arch.block(i)
+        print(f"  block {i}: {lo}(state {li}) + {ro}(state {ri})")
+    print(f"  (states: 0 = previous cell, 1 = the cell before it, 2+k = block k; pictures: cell.png, "
+          f"network.png; raw alpha.npy / beta.npy)")
+    return 0
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()

@@ -1,0 +1,99 @@
+"""The bi-level loop: step separation, exact resume, refusal of non-finite steps."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nas_deeplab.search import searcher
+
+
+@pytest.fixture(autouse=True)
+def _restore_op_determinism():
+    """--deterministic switches TF op determinism on process-wide; leave other tests unaffected."""
+    from tensorflow.python.framework import config as tf_config  # no public "disable" API
+    was_enabled = tf_config.is_op_determinism_enabled()
+    yield
+    if not was_enabled:
+        tf_config.disable_op_determinism()
+
+
+def _config(out, **kw):
+    cfg = dict(output_dir=str(out), epochs=2, steps_per_epoch=2, arch_start_epoch=0, crop_size=33,
+               batch_size=2, filter_multiplier=2, num_layers=2, num_blocks=2, deterministic=True,
+               strategy="one_device", val_steps=0, log_every=1)
+    cfg.update(kw)
+    return searcher.SearchConfig(**cfg)
+
+
+def _snapshot(s):
+    return ([v.numpy().copy() for v in s.net.weight_variables],
+            [v.numpy().copy() for v in s.net.arch_variables])
+
+
+def _changed(before, after):
+    return [not np.array_equal(a, b) for a, b in zip(before, after)]
+
+
+def test_resume_equals_uninterrupted_and_steps_touch_only_their_variables(tmp_path):
+    straight = searcher.Searcher(_config(tmp_path / "straight"), log=lambda *a: None)
+    res = straight.run()
+    assert res.finished and res.step == 4
+    alpha, beta = straight.net.alpha.numpy().copy(), straight.net.beta.numpy().copy()
+    assert not np.allclose(alpha, 0, atol=1e-2) or np.abs(alpha).max() > 1e-3  # alpha was trained
+
+    # Interrupted after step 3 (mid-epoch 2), then a fresh process-like Searcher resumes from disk.
+    first = searcher.Searcher(_config(tmp_path / "resumed", stop_after_step=3), log=lambda *a: None)
+    r1 = first.run()
+    assert not r1.finished and r1.step == 3
+    second = searcher.Searcher(_config(tmp_path / "resumed"), log=lambda *a: None)
+    r2 = second.run()
+    assert r2.finished and r2.step == 4
+    np.testing.assert_array_equal(second.net.alpha.numpy(), alpha)
+    np.testing.assert_array_equal(second.net.beta.numpy(), beta)
+    assert r2.architecture == res.architecture
+    for v_a, v_b in zip(second.net.weight_variables, straight.net.weight_variables):
+        np.testing.assert_array_equal(v_a.numpy(), v_b.numpy())
+    assert int(second.arch_opt.iterations.numpy()) == int(straight.arch_opt.iterations.numpy()) == 4
+
+    # A weight step changes every weight and no alpha/beta; an arch step the reverse.
+    batch_a = next(straight._dataset("trainA", 5))
+    batch_b = next(straight._dataset("trainB", 5, seed_offset=1))
+    w0, a0 = _snapshot(straight)
+    straight.weight_step(batch_a)
+    w1, a1 = _snapshot(straight)
+    assert all(_changed(w0, w1)) and not any(_changed(a0, a1))
+    straight.arch_step(batch_b)
+    w2, a2 = _snapshot(straight)
+    assert not any(_changed(w1, w2)) and all(_changed(a1, a2))
+    assert straight.weight_step.experimental_get_tracing_count() == 1
+    assert straight.arch_step.experimental_get_tracing_count() == 1
+
+    # Non-finite values: the step is refused with an error naming the step and where.
+    ckpts = sorted(os.listdir(tmp_path / "straight" / "checkpoints"))
+    straight.net.vars["stem/conv0"].assign(tf.fill(straight.net.vars["stem/conv0"].shape, np.nan))
+    with pytest.raises(searcher.SearchError,
+                       match=r"non-finite (loss|gradients of the weights) at step 7 .*weight step"):
+        straight._check(straight.weight_step(batch_a), 7, "weight")
+    straight.net.alpha.assign(tf.fill(straight.net.alpha.shape, np.inf))
+    with pytest.raises(searcher.SearchError, match=r"non-finite .*step 8.*architecture step"):
+        straight._check(straight.arch_step(batch_b), 8, "architecture")
+    assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ckpts
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    first = searcher.Searcher(_config(tmp_path, epochs=1), log=lambda *a: None)
+    first._save_config()
+    first.manager.save()  # a checkpoint of this search exists (no step needed)
+    with pytest.raises(searcher.SearchError, match="different settings.*--crop_size=33"):
+        searcher.Searcher(_config(tmp_path, crop_size=65, epochs=1), log=lambda *a: None).run()
+
+
+def test_bad_settings_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--crop_size"):
+        _config(tmp_path, crop_size=8).validate()
+    with pytest.raises(ValueError, match="--epochs"):
+        _config(tmp_path, epochs=0).validate()
+    with pytest.raises(ValueError, match="--strategy"):
+        _config(tmp_path, strategy="tpu").validate()

@@ -1,0 +1,129 @@
+"""The vectorised supernet computes what the faithful per-op layers compute, and its parameters
+receive gradients."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nas_deeplab import architecture
+from nas_deeplab.model import operations
+from nas_deeplab.search import decode, supernet, trellis
+
+OPS = architecture.OP_VOCABULARY
+
+
+def _tiny(**kw):
+    cfg = dict(num_classes=3, num_layers=3, num_blocks=2, filter_multiplier=2)
+    cfg.update(kw)
+    return supernet.Supernet(supernet.SupernetConfig(**cfg), seed=1)
+
+
+def _faithful_ops(V, row, C, x, stride, consumer):
+    """The 7 non-zero candidates from operations.OPS with the supernet's weights for alpha row `row`."""
+    outs = {}
+    for name in OPS[:-1]:
+        layer = operations.make_op(name, C, stride=stride, input_filters=C)
+        layer(x, training=True)  # build
+        if name.startswith("separable"):
+            k = 0 if "3x3" in name else 1
+            kk = 3 if k == 0 else 5
+            for n, conv in enumerate(layer.convs, start=1):
+                conv.depthwise_kernel.assign(V[f"sep{kk}_dw{n}"][:, :, row, :][..., None])
+                conv.pointwise_kernel.assign(V[f"sep_pw{n}"][:, k, row, :][None, None])
+        elif name.startswith("atrous"):
+            layer.conv.kernel.assign(V[f"atr{name[7]}"][:, :, :, row, :])
+        elif name == "skip_connect" and stride == 2:
+            layer.conv.kernel.assign(V["skip_stride"][:, :, :, consumer * C:(consumer + 1) * C])
+        outs[name] = layer(x, training=True)
+    return outs
+
+
+@pytest.mark.parametrize("stride,state", [(1, 0), (1, 1), (1, 2), (2, 0)])
+def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state):
+    net = _tiny()
+    l, v = 2, 1  # has a downsample direction -> skip_stride exists
+    assert any(k == trellis.DOWN for _, k in trellis.incoming(l, v))
+    V = {k: tf.convert_to_tensor(t) for k, t in net.node_variables(l, v).items()}
+    C = net.config.filter_multiplier * 2 ** v
+    rng = np.random.default_rng(state)
+    alpha = rng.standard_normal((decode.num_edges(2), 8)).astype(np.float32)
+    probs = tf.gather(tf.nn.softmax(alpha), net.perm)
+    w = net.state_weights(probs)[state]
+    size = 9 if stride == 1 else 17
+    xs = [tf.constant(rng.standard_normal((2, size, size, C)).astype(np.float32))
+          for _ in range(1 if stride == 2 else 2)]
+    G = len(xs)
+    fast = net.mixed_ops(tf.concat(xs, -1), G, C, net.cell_kernels(V)[state], w, stride=stride,
+                         skip_kernel=V["skip_stride"]).numpy()  # [N,h,w,G,n,C]
+    r0, r1 = net.ranges[state]
+    assert fast.shape[3:] == (G, r1 - r0, C)
+    for g, x in enumerate(xs):  # each direction on its own: per-direction BN statistics
+        for m, row in enumerate(range(r0, r1)):
+            edge = net.perm[row]
+            outs = _faithful_ops(V, row, C, x, stride, m)
+            ref = sum(float(tf.nn.softmax(alpha)[edge, OPS.index(k)]) * o for k, o in outs.items())
+            np.testing.assert_allclose(fast[:, :, :, g, m, :], ref.numpy(), rtol=1e-4, atol=2e-5)
+
+
+def test_gradients_reach_alpha_beta_and_weights():
+    net = _tiny()
+    x = tf.random.stateless_uniform([2, 33, 33, 3], [1, 2], 0, 255)
+    y = tf.random.stateless_uniform([2, 33, 33, 1], [3, 4], 0, 3, tf.int32)
+    with tf.GradientTape() as tape:
+        logits = net(x)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y[..., 0], logits))
+    assert logits.shape == (2, 33, 33, 3)
+    grads = tape.gradient(loss, net.weight_variables + net.arch_variables)
+    names = list(net.vars) + ["alpha", "beta"]
+    missing = [n for n, g in zip(names, grads) if g is None or not np.any(g.numpy() != 0)]
+    assert not missing, missing
+    gb = grads[-1].numpy()
+    mask = trellis.valid_mask(3)
+    # every existing transition gets a gradient, nothing else does
+    assert np.all(gb[mask] != 0) and np.all(gb[~mask] == 0)
+
+
+def test_beta_is_used_normalised_in_forward():
+    """Shifting all outgoing logits of a source node equally changes nothing (softmax per node)."""
+    net = _tiny()
+    x = tf.random.stateless_uniform([2, 33, 33, 3], [5, 6], 0, 255)
+    y0 = net(x).numpy()
+    net.beta.assign_add(tf.constant(np.ones((3, 4, 3), np.float32) * 0.7))
+    np.testing.assert_allclose(net(x).numpy(), y0, rtol=1e-4, atol=1e-5)
+    b = net.beta.numpy()
+    b[2, 1, 0] += 1.0  # an actual change of one transition's probability
+    net.beta.assign(b)
+    assert np.abs(net(x).numpy() - y0).max() > 1e-4
+
+
+def test_paper_size_supernet_builds():
+    """L=12, B=5, F=8 (paper): 45 nodes; records the parameter count (no timing assertion)."""
+    net = supernet.Supernet(supernet.SupernetConfig(num_classes=19))
+    assert len(net.nodes) == 45
+    assert net.alpha.shape == (20, 8) and net.beta.shape == (12, 4, 3)
+    count = net.parameter_count()
+    print(f"paper-size supernet weights: {count:,}")
+    assert count == 47_040_252
+    assert net.parameter_count("arch") == 20 * 8 + 12 * 4 * 3
+    assert not set(map(id, net.weight_variables)) & set(map(id, net.arch_variables))
+
+
+def test_recompute_option_gives_the_same_gradients():
+    x = tf.random.stateless_uniform([2, 33, 33, 3], [1, 2], 0, 255)
+    y = tf.random.stateless_uniform([2, 33, 33], [3, 4], 0, 3, tf.int32)
+    results = []
+    for recompute in (False, True):
+        net = supernet.Supernet(supernet.SupernetConfig(num_classes=3, num_layers=2, num_blocks=2,
+                                                        filter_multiplier=2, recompute=recompute), seed=1)
+
+        @tf.function(autograph=False)
+        def f():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, net(x)))
+            return loss, tape.gradient(loss, net.weight_variables + net.arch_variables)
+
+        loss, grads = f()
+        results.append((float(loss), [g.numpy() for g in grads]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
