@@ -21,13 +21,32 @@ def configure_logical_cpus(n: int) -> None:
         cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
 
 
+_STRATEGIES: dict = {}
+
+
 def make_strategy(name: str = "mirrored", num_cpu_replicas: int = 0) -> tf.distribute.Strategy:
-    """mirrored: all visible GPUs, else the CPU (or `num_cpu_replicas` logical CPUs);
-    one_device: the first GPU or the CPU; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG."""
+    """The process's strategy for `name` (created once, then reused; see `_make_strategy`).
+
+    Two MirroredStrategy objects in one process number their replica-context collectives from the
+    same keys, so the second one's all-reduce (sync BN, valid-pixel counts) collides with the
+    first's: "Shape mismatch in the collective instance 100" (TF 2.21). One strategy per device set
+    per process avoids it, e.g. when train.py evaluates after training or tests run in one process.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy={name!r}: choose one of {list(STRATEGIES)}")
     if num_cpu_replicas > 1:
         configure_logical_cpus(num_cpu_replicas)
+    # Listing devices starts the TF runtime, which must wait for the multi-worker strategy.
+    key = (name,) if name == "multi_worker" else (
+        name, tuple(d.name for d in tf.config.list_logical_devices()))
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _make_strategy(name)
+    return _STRATEGIES[key]
+
+
+def _make_strategy(name: str) -> tf.distribute.Strategy:
+    """mirrored: all visible GPUs, else the CPU (or `num_cpu_replicas` logical CPUs);
+    one_device: the first GPU or the CPU; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG."""
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "

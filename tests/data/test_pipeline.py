@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nas_deeplab.training.distribute import make_strategy
+
 from data_helpers import example, jpeg, png, scene, write_shards
 from nas_deeplab.data import pipeline
 from nas_deeplab.data.descriptors import DatasetDescriptor
@@ -206,7 +208,7 @@ def test_truncated_file(tmp_path):
 
 def test_distributes_global_batch_over_replicas(six):
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    strategy = tf.distribute.MirroredStrategy(devices)
+    strategy = make_strategy("mirrored")  # one per process: see distribute.make_strategy
     ds = pipeline.make_dataset(six, "train", DESC, batch_size=4, is_training=True, crop_size=(17, 17),
                                seed=0, deterministic=True)
     b = next(iter(strategy.experimental_distribute_dataset(ds)))

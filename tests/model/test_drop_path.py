@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nas_deeplab.training.distribute import make_strategy
+
 from nas_deeplab.model.drop_path import ScheduledDropPath, StepRef, drop_path_keep_prob
 
 
@@ -71,7 +73,7 @@ def test_masks_differ_across_replicas():
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         pytest.skip("needs 2 logical CPU devices (tests/conftest.py configures them)")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = make_strategy("mirrored")  # one per process: see distribute.make_strategy
     with strategy.scope():
         layer, _ = _layer(p=0.5)
 

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nas_deeplab.training.distribute import make_strategy
+
 from nas_deeplab import resize
 from nas_deeplab.architecture import OP_VOCABULARY
 from nas_deeplab.model import layers, operations
@@ -133,7 +135,7 @@ def test_sync_batch_norm_op_under_mirrored_strategy():
         sync_batch_norm = True
         fine_tune_batch_norm = True
 
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = make_strategy("mirrored")  # one per process: see distribute.make_strategy
     with strategy.scope():
         op = operations.make_op("atrous_3x3", 4, options=Opts())
         op.build((None, None, None, 4))

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nas_deeplab.training.distribute import make_strategy
+
 from training_fixtures import tiny_train_config
 from nas_deeplab.training import checkpointing
 from nas_deeplab.training.model_config import ModelConfig
@@ -40,7 +42,7 @@ def test_two_replicas_lower_the_loss_then_nan_guard_stops_at_the_step(tmp_path, 
     cfg = tiny_train_config(tmp_path / "run", tiny_model_config, None, strategy="mirrored",
                             training_number_of_steps=14, save_interval_steps=5, log_interval_steps=1,
                             base_learning_rate=0.05, deterministic=False)
-    assert tf.distribute.MirroredStrategy().num_replicas_in_sync == 2  # tests/conftest.py: 2 CPUs
+    assert make_strategy("mirrored").num_replicas_in_sync == 2  # tests/conftest.py: 2 CPUs
     with pytest.raises(NonFiniteError) as err:
         train(cfg, dataset_fn=_fixed_batches(nan_at_batch=10), stream=stream)
     msg = str(err.value)
