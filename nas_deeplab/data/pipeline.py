@@ -229,11 +229,16 @@ def make_dataset(dataset_dir, split, descriptor, *, batch_size, is_training, cro
         members = _subset_members(files, subset, split_seed)
         ds = ds.filter(lambda p, f, i, r, k: tf.logical_or(
             tf.equal(k, _KIND_CORRUPT), _is_member(members, f * (1 << 32) + i)))
-    if num_shards > 1:
-        ds = ds.shard(num_shards, shard_index)
     if is_training and shuffle_buffer and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda p, f, i, r, k: _safe_decode(p, f, i, r, k, ignore),
+    # Every worker builds the same record stream (same seed); `position` is a record's place in it.
+    # It seeds the record's augmentation, and worker k keeps the k-th slice of every global batch
+    # (`batch_size` is the per-worker batch), so N workers train on exactly what N replicas of one
+    # process would (sharding before the shuffle would give each worker its own order instead).
+    ds = ds.enumerate()
+    if num_shards > 1:
+        ds = ds.filter(lambda m, t: tf.equal((m // batch_size) % num_shards, shard_index))
+    ds = ds.interleave(lambda m, t: _safe_decode(*t, ignore).map(lambda e: dict(e, position=m)),
                        cycle_length=4, num_parallel_calls=tf.data.AUTOTUNE, deterministic=par_det)
 
     skipped = None
@@ -252,13 +257,10 @@ def make_dataset(dataset_dir, split, descriptor, *, batch_size, is_training, cro
         ds = ds.map(lambda e: _raise_if_bad(e, _problem(e, num_classes, ignore, validate_labels)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=par_det)
 
-    ds = ds.enumerate()
-
-    def prep(n, e):
+    def prep(e):
         shape = tf.shape(e["image"])
         if is_training:
-            # Distinct per worker too: worker k's n-th example is the stream's (n*num_shards+k)-th.
-            ex_seed = tf.stack([tf.constant(seed, tf.int64), n * num_shards + shard_index])
+            ex_seed = tf.stack([tf.constant(seed, tf.int64), e["position"]])
             image, label = preprocess.preprocess_for_train(
                 e["image"], e["label"], ex_seed, crop_size=tuple(crop_size), ignore_label=ignore,
                 min_scale_factor=min_scale_factor, max_scale_factor=max_scale_factor,
