@@ -95,12 +95,16 @@ def main(argv):
         config = config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e))
+    from nas_deeplab.io_utils import OutputError
     from nas_deeplab.search.searcher import SearchError, run_search
     try:
         result = run_search(config)
     except SearchError as e:
         print(f"search stopped: {e}", file=sys.stderr, flush=True)
         return 1
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     arch = result.architecture
     state = "finished" if result.finished else f"stopped at step {result.step} (rerun to resume)"
     print(f"\nsearch {state}. architecture: {os.path.abspath(result.architecture_path)}")

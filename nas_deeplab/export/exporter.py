@@ -19,7 +19,7 @@ from nas_deeplab import architecture as arch_lib
 from nas_deeplab.export import official_checkpoint as oc
 from nas_deeplab.export import restore as restore_lib
 from nas_deeplab.export import saved_model as sm
-from nas_deeplab.io_utils import OutputError, atomic_directory
+from nas_deeplab.io_utils import OutputError, check_writable_dir, atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ def _check_export_path(path: str, overwrite: bool) -> None:
         raise ExportError("--export_path is required")
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
         raise OutputError(f"--export_path {path} exists and is not empty (pass --overwrite to replace it)")
+    # Fail before building anything if the folder that will receive the export is not writable.
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), "the folder of --export_path")
 
 
 def _dataset_asset(descriptor, num_classes: int) -> dict:

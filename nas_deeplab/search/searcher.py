@@ -147,8 +147,7 @@ class Searcher:
         self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.chief = distribute.is_chief(self.strategy)
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        io_utils.check_writable_dir(cfg.output_dir, "--output_dir")
+        io_utils.check_writable_dir(cfg.output_dir, "--output_dir")  # creates it, or names why not
         self.timings = {}
 
         t0 = time.monotonic()
