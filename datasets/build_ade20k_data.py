@@ -10,9 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from nas_deeplab.data import ade20k  # noqa: E402
-from nas_deeplab.data.errors import DataError  # noqa: E402
-from nas_deeplab.io_utils import OutputError  # noqa: E402
+from nas_deeplab.data import ade20k, script  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ade_root", None, "The ADEChallengeData2016 folder (images/, annotations/).")
@@ -22,13 +20,6 @@ flags.DEFINE_integer("num_shards", ade20k.NUM_SHARDS, "Shards per split (officia
 flags.mark_flag_as_required("ade_root")
 flags.mark_flag_as_required("output_dir")
 
-
-def main(argv):
-    del argv
-    try:
-        _build()
-    except (DataError, OutputError) as e:  # bad input or unwritable output: one clear line
-        sys.exit(f"error: {e}")
 
 
 def _build():
@@ -40,4 +31,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    script.run(_build)

@@ -13,9 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from nas_deeplab.data import cityscapes  # noqa: E402
-from nas_deeplab.data.errors import DataError  # noqa: E402
-from nas_deeplab.io_utils import OutputError  # noqa: E402
+from nas_deeplab.data import cityscapes, script  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cityscapes_root", None, "Folder holding leftImg8bit/ and gtFine/.")
@@ -25,13 +23,6 @@ flags.DEFINE_integer("num_shards", cityscapes.NUM_SHARDS, "Shards per split (off
 flags.mark_flag_as_required("cityscapes_root")
 flags.mark_flag_as_required("output_dir")
 
-
-def main(argv):
-    del argv
-    try:
-        _build()
-    except (DataError, OutputError) as e:  # bad input or unwritable output: one clear line
-        sys.exit(f"error: {e}")
 
 
 def _build():
@@ -44,4 +35,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    script.run(_build)

@@ -14,11 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from nas_deeplab.data import builder  # noqa: E402
+from nas_deeplab.data import builder, script  # noqa: E402
 from nas_deeplab.data.errors import DataError  # noqa: E402
-from nas_deeplab.io_utils import OutputError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image_folder", None, "Folder of images (.jpg/.jpeg/.png).")
@@ -34,13 +33,6 @@ flags.DEFINE_string("output_dir", None, "Where to write the shards.")
 for _f in ("image_folder", "label_folder", "num_classes", "output_dir"):
     flags.mark_flag_as_required(_f)
 
-
-def main(argv):
-    del argv
-    try:
-        _build()
-    except (DataError, OutputError) as e:  # bad input or unwritable output: one clear line
-        sys.exit(f"error: {e}")
 
 
 def _build():
@@ -58,4 +50,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    script.run(_build)

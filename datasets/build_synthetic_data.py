@@ -13,9 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from nas_deeplab.data import descriptors, synthetic  # noqa: E402
-from nas_deeplab.data.errors import DataError  # noqa: E402
-from nas_deeplab.io_utils import OutputError  # noqa: E402
+from nas_deeplab.data import descriptors, script, synthetic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "Folder to create (must not exist or be empty, see --overwrite).")
@@ -28,13 +26,6 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing, non-empty --output_d
 flags.mark_flag_as_required("output_dir")
 
 
-def main(argv):
-    del argv
-    try:
-        _build()
-    except (DataError, OutputError) as e:  # bad input or unwritable output: one clear line
-        sys.exit(f"error: {e}")
-
 
 def _build():
     for name in ("num_train", "num_val", "num_shards"):
@@ -46,4 +37,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    script.run(_build)

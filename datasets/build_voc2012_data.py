@@ -12,11 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from nas_deeplab.data import voc  # noqa: E402
-from nas_deeplab.data.errors import DataError  # noqa: E402
-from nas_deeplab.io_utils import OutputError  # noqa: E402
+from nas_deeplab.data import script, voc  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("voc_root", None, "The VOCdevkit/VOC2012 folder.")
@@ -30,13 +28,6 @@ flags.mark_flag_as_required("voc_root")
 flags.mark_flag_as_required("output_dir")
 
 
-def main(argv):
-    del argv
-    try:
-        _build()
-    except (DataError, OutputError) as e:  # bad input or unwritable output: one clear line
-        sys.exit(f"error: {e}")
-
 
 def _build():
     sizes = voc.build(FLAGS.voc_root, FLAGS.output_dir, FLAGS.splits, FLAGS.train_aug_list,
@@ -45,4 +36,4 @@ def _build():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    script.run(_build)

@@ -1,0 +1,21 @@
+"""The `main` shared by the data set build scripts in datasets/."""
+
+import sys
+
+from absl import app
+
+from nas_deeplab.data.errors import DataError
+from nas_deeplab.io_utils import OutputError
+
+
+def run(build):
+    """app.run a builder: bad input or an unwritable output ends in one clear line, exit status 1."""
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        try:
+            build()
+        except (DataError, OutputError) as e:
+            sys.exit(f"error: {e}")
+
+    app.run(main)
