@@ -183,16 +183,18 @@ class Searcher:
         kw = {}
         if subset is None:  # fixed val crops: no scale augmentation, same crops every epoch
             kw = dict(min_scale_factor=1.0, max_scale_factor=1.0)
-        ds = self._pipeline.make_dataset(
-            self.dataset_dir, split or self.desc.default_train_split, self.desc,
-            batch_size=cfg.batch_size, is_training=True, crop_size=(cfg.crop_size, cfg.crop_size),
-            subset=subset, split_seed=cfg.split_seed,
-            seed=(cfg.seed * 1000003 + epoch * 7919 + seed_offset) % (2 ** 31),
-            deterministic=cfg.deterministic, repeat=True, **kw)
-        ds = ds.map(lambda b: {"image": b["image"], "label": b["label"]})
-        if skip:
-            ds = ds.skip(skip)
-        return iter(self.strategy.experimental_distribute_dataset(ds))
+        def build(batch_size, num_shards, shard_index):
+            ds = self._pipeline.make_dataset(
+                self.dataset_dir, split or self.desc.default_train_split, self.desc,
+                batch_size=batch_size, is_training=True, crop_size=(cfg.crop_size, cfg.crop_size),
+                subset=subset, split_seed=cfg.split_seed,
+                seed=(cfg.seed * 1000003 + epoch * 7919 + seed_offset) % (2 ** 31),
+                deterministic=cfg.deterministic, repeat=True, num_shards=num_shards,
+                shard_index=shard_index, **kw)
+            ds = ds.map(lambda b: {"image": b["image"], "label": b["label"]})
+            return ds.skip(skip) if skip else ds
+
+        return iter(distribute.distribute_per_worker(self.strategy, build, cfg.batch_size))
 
     # -- compiled steps ------------------------------------------------------------------------
     def _make_steps(self):

@@ -67,6 +67,36 @@ def _make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy([d.name for d in cpus])
 
 
+def worker_info(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(num_workers, this worker's index) of a multi-worker strategy; (1, 0) otherwise."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return 1, 0
+    spec = resolver.cluster_spec().as_dict()
+    workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
+    idx = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in spec else 0)
+    return max(workers, 1), idx
+
+
+def distribute_per_worker(strategy: tf.distribute.Strategy, build, global_batch: int):
+    """Distribute `build(batch_size, num_shards, shard_index) -> batched tf.data.Dataset`.
+
+    One worker: the global batch, split over its replicas (TF's auto-sharding off: the pipeline
+    shards itself). Several: each worker builds its slice of every global batch, so N workers train
+    on exactly what N replicas of one process would.
+    """
+    num_workers, _ = worker_info(strategy)
+    if num_workers > 1:
+        def fn(ctx: tf.distribute.InputContext):
+            per_worker = global_batch // ctx.num_input_pipelines
+            ds = build(per_worker, ctx.num_input_pipelines, ctx.input_pipeline_id)
+            return ds.unbatch().batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
+        return strategy.distribute_datasets_from_function(fn)
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return strategy.experimental_distribute_dataset(build(global_batch, 1, 0).with_options(opts))
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes checkpoints and summaries under multi-worker training."""
     resolver = getattr(strategy, "cluster_resolver", None)

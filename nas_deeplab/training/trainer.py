@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover
     pass
 
 from nas_deeplab.io_utils import atomic_write_text, check_writable_dir
-from nas_deeplab.training import checkpointing, metrics
+from nas_deeplab.training import checkpointing, distribute, metrics
 from nas_deeplab.training.distribute import is_chief, make_strategy
 from nas_deeplab.training.losses import valid_pixel_mean_loss
 from nas_deeplab.training.model_config import ModelConfig
@@ -156,17 +156,6 @@ class TrainResult:
     resumed_from: str | None
 
 
-def _worker_info(strategy) -> tuple[int, int]:
-    """(num_workers, this worker's index) of a multi-worker strategy; (1, 0) otherwise."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return 1, 0
-    spec = resolver.cluster_spec().as_dict()
-    workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
-    idx = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in spec else 0)
-    return max(workers, 1), idx
-
-
 def _set_precision_policy(name: str) -> str:
     previous = keras.mixed_precision.dtype_policy().name
     keras.mixed_precision.set_dtype_policy("float32" if name == "none" else name)
@@ -217,7 +206,7 @@ def _train_in_strategy(cfg, strategy, seed, dataset_fn, stream):
         raise ValueError(f"--train_batch_size={cfg.train_batch_size} must be a multiple of the "
                          f"{replicas} replicas in sync")
     chief = is_chief(strategy)
-    num_workers, worker_idx = _worker_info(strategy)
+    num_workers, worker_idx = distribute.worker_info(strategy)
     logdir = os.path.abspath(cfg.train_logdir)
     if chief:
         check_writable_dir(logdir, "--train_logdir")  # fail before any work is done
@@ -431,18 +420,7 @@ def _distributed_input(cfg, strategy, descriptor, dataset_dir, split, seed, num_
             ds = ds.skip(skip)  # the batches consumed before the resumed step (pure function of seed)
         return ds
 
-    if num_workers > 1:
-        # Each worker reads its own shard of the records; TF's auto-sharding is off because the
-        # pipeline shards itself.
-        def fn(ctx: tf.distribute.InputContext):
-            per_worker = global_batch // ctx.num_input_pipelines
-            ds = build(per_worker, ctx.num_input_pipelines, ctx.input_pipeline_id)
-            return ds.unbatch().batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
-        return strategy.distribute_datasets_from_function(fn)
-    ds = build(global_batch, 1, 0)
-    opts = tf.data.Options()
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return strategy.experimental_distribute_dataset(ds.with_options(opts))
+    return distribute.distribute_per_worker(strategy, build, global_batch)
 
 
 def initialise_from_checkpoint(model, path: str, stream=None) -> None:

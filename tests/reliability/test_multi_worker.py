@@ -79,3 +79,56 @@ def test_only_the_chief_writes_checkpoints_and_summaries(mw_runs):
     assert rh.temp_names(shared) == [], rh.temp_names(shared)
     assert "checkpoint None" in mw_runs["procs"]["worker1"]["stdout"]  # the non-chief reports no checkpoint
     rh.assert_outputs_whole(shared)
+
+
+# -- the search (`search.py --strategy=multi_worker`) ------------------------------------------------
+
+def _search_args(out, desc, *extra):
+    from conftest import search_args  # the tiny deterministic search of the kill/resume tests
+    return [a for a in search_args(out, desc) if not a.startswith("--checkpoint_every")] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def mw_search_runs(tiny, tmp_path_factory):
+    return rh.run_once(tmp_path_factory, "multi_worker_search", lambda tmp: _mw_search_runs(tiny, tmp))
+
+
+def _mw_search_runs(tiny, tmp):
+    desc, _ = tiny
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in rh.free_ports(2)]}
+    shared, mirrored = str(tmp / "mw_search"), str(tmp / "mirrored_search")
+    procs = {}
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        procs[f"worker{i}"] = rh.Proc(_search_args(shared, desc, "--strategy=multi_worker"),
+                                      str(tmp / f"sworker{i}"), timeout=TIMEOUT_S, TF_CONFIG=tf_config)
+    procs["mirrored"] = rh.Proc(_search_args(mirrored, desc, "--strategy=mirrored", "--num_cpu_replicas=2"),
+                                str(tmp / "smirrored"), timeout=TIMEOUT_S)
+    workers = [procs["worker0"], procs["worker1"]]
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and any(p.poll() is None for p in workers):
+        if any(p.poll() not in (None, 0) for p in workers):
+            break  # a dead worker leaves its peer waiting for collectives forever
+        time.sleep(0.2)
+    for p in workers:
+        if p.poll() is None:
+            p.kill()
+    rh.wait_all(list(procs.values()))
+    return {"procs": {k: rh.outcome(p) for k, p in procs.items()}, "shared": shared, "mirrored": mirrored}
+
+
+def test_search_on_two_workers_matches_one_process_with_two_replicas(mw_search_runs):
+    _require_success(mw_search_runs)
+    import numpy as np
+    shared, mirrored = mw_search_runs["shared"], mw_search_runs["mirrored"]
+    for name in ("alpha.npy", "beta.npy"):
+        a, b = np.load(os.path.join(shared, name)), np.load(os.path.join(mirrored, name))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=name)
+        # alpha/beta did move away from their N(0, 1e-3) initialisation in the arch steps
+        assert np.abs(a).max() > 1e-3, name
+    with open(os.path.join(shared, "architecture.json")) as f1, \
+            open(os.path.join(mirrored, "architecture.json")) as f2:
+        assert json.load(f1) == json.load(f2)
+    # only the chief wrote into the shared output folder
+    events = glob.glob(os.path.join(shared, "**", "events.out.tfevents.*"), recursive=True)
+    assert len(events) == 1, events
