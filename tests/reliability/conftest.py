@@ -26,14 +26,6 @@ def tiny(tmp_path_factory):
 SEARCH_STEPS = 4  # 2 epochs x 2 steps (trainA of the tiny set holds 4 records, global batch 2)
 
 
-def search_args(out, desc):
-    return [sys.executable, os.path.join(rh.ROOT, "search.py"), f"--output_dir={out}", f"--dataset={desc}",
-            f"--dataset_dir={os.path.dirname(desc)}", "--epochs=2", "--steps_per_epoch=2",
-            "--arch_start_epoch=0", "--crop_size=33", "--batch_size=2", "--filter_multiplier=2",
-            "--num_layers=2", "--num_blocks=1", "--val_steps=0", "--deterministic", "--checkpoint_every=1",
-            "--log_every=1"]
-
-
 @pytest.fixture(scope="session")
 def cli_runs(tiny, tmp_path_factory):
     return rh.run_once(tmp_path_factory, "cli_runs", lambda root: _cli_runs(tiny, root))
@@ -54,7 +46,7 @@ def _cli_runs(tiny, root):
     dirs = {k: str(root / f"train_{k}") for k in "AC"}
     dirs.update({k: str(root / f"search_{k}") for k in "RK"})
     args = {k: rh.train_args(dirs[k], desc, arch, TRAIN_STEPS) for k in "AC"}
-    args.update({k: search_args(dirs[k], desc) for k in "RK"})
+    args.update({k: rh.search_args(dirs[k], desc) for k in "RK"})
     watch = {"C": dirs["C"], "K": os.path.join(dirs["K"], "checkpoints")}
     plan = {k: (rnd.choice([1, 2]), rnd.uniform(0.0, 0.1)) for k in watch}  # ckpt step, then delay
     procs = {k: rh.Proc(args[k], str(root / k)) for k in args}

@@ -83,6 +83,14 @@ def train_args(logdir: str, desc: str, arch: str, steps: int = 6, *extra: str) -
             "--atrous_rates=1", "--log_steps=1", *extra]
 
 
+def search_args(out, desc):
+    return [sys.executable, os.path.join(ROOT, "search.py"), f"--output_dir={out}", f"--dataset={desc}",
+            f"--dataset_dir={os.path.dirname(desc)}", "--epochs=2", "--steps_per_epoch=2",
+            "--arch_start_epoch=0", "--crop_size=33", "--batch_size=2", "--filter_multiplier=2",
+            "--num_layers=2", "--num_blocks=1", "--val_steps=0", "--deterministic", "--checkpoint_every=1",
+            "--log_every=1"]
+
+
 class Proc:
     """A CLI subprocess whose stdout/stderr go to files (no pipe can fill up and block it)."""
 

@@ -41,6 +41,12 @@ def _mw_runs(tiny, tmp):
                                       str(tmp / f"worker{i}"), timeout=TIMEOUT_S, TF_CONFIG=tf_config)
     procs["mirrored"] = rh.Proc(rh.train_args(mirrored, desc, arch, STEPS, "--strategy=mirrored",
                                               "--num_cpu_replicas=2"), str(tmp / "mirrored"), timeout=TIMEOUT_S)
+    _wait_for_cluster(procs)
+    return {"procs": {k: rh.outcome(p) for k, p in procs.items()}, "shared": shared, "mirrored": mirrored}
+
+
+def _wait_for_cluster(procs):
+    """Wait for both workers and the reference process; a dead worker takes its peer down at once."""
     workers = [procs["worker0"], procs["worker1"]]
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and any(p.poll() is None for p in workers):
@@ -51,7 +57,6 @@ def _mw_runs(tiny, tmp):
         if p.poll() is None:
             p.kill()
     rh.wait_all(list(procs.values()))
-    return {"procs": {k: rh.outcome(p) for k, p in procs.items()}, "shared": shared, "mirrored": mirrored}
 
 
 def _require_success(mw_runs):
@@ -84,8 +89,8 @@ def test_only_the_chief_writes_checkpoints_and_summaries(mw_runs):
 # -- the search (`search.py --strategy=multi_worker`) ------------------------------------------------
 
 def _search_args(out, desc, *extra):
-    from conftest import search_args  # the tiny deterministic search of the kill/resume tests
-    return [a for a in search_args(out, desc) if not a.startswith("--checkpoint_every")] + list(extra)
+    # the tiny deterministic search of the kill/resume tests, without per-step checkpoints
+    return [a for a in rh.search_args(out, desc) if not a.startswith("--checkpoint_every")] + list(extra)
 
 
 @pytest.fixture(scope="module")
@@ -104,16 +109,7 @@ def _mw_search_runs(tiny, tmp):
                                       str(tmp / f"sworker{i}"), timeout=TIMEOUT_S, TF_CONFIG=tf_config)
     procs["mirrored"] = rh.Proc(_search_args(mirrored, desc, "--strategy=mirrored", "--num_cpu_replicas=2"),
                                 str(tmp / "smirrored"), timeout=TIMEOUT_S)
-    workers = [procs["worker0"], procs["worker1"]]
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline and any(p.poll() is None for p in workers):
-        if any(p.poll() not in (None, 0) for p in workers):
-            break  # a dead worker leaves its peer waiting for collectives forever
-        time.sleep(0.2)
-    for p in workers:
-        if p.poll() is None:
-            p.kill()
-    rh.wait_all(list(procs.values()))
+    _wait_for_cluster(procs)
     return {"procs": {k: rh.outcome(p) for k, p in procs.items()}, "shared": shared, "mirrored": mirrored}
 
 

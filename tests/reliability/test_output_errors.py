@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import rel_helpers as rh
-from conftest import search_args
+
 from nas_deeplab.architecture import Architecture, ArchitectureError
 
 
@@ -72,7 +72,7 @@ def _error_runs(tiny, cli_runs, tmp):
     more = ["--training_number_of_steps=8"]  # resumes would have work left to do
     cases = {
         "train_unwritable": (rh.train_args(os.path.join(bad, "train"), desc, arch, 2), os.path.join(bad, "train")),
-        "search_unwritable": (search_args(os.path.join(bad, "search"), desc), os.path.join(bad, "search")),
+        "search_unwritable": (rh.search_args(os.path.join(bad, "search"), desc), os.path.join(bad, "search")),
         "export_unwritable": ([sys.executable, os.path.join(rh.ROOT, "export.py"),
                                f"--export_path={os.path.join(bad, 'export')}", "--allow_random_init",
                                f"--architecture={arch}", "--num_classes=3"], os.path.join(bad, "export")),

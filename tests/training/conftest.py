@@ -28,16 +28,6 @@ def tiny_model_config(tiny_arch_path):
     return ModelConfig(architecture=tiny_arch_path, atrous_rates=(2,), decoder_output_stride=None)
 
 
-def tiny_train_config(logdir, model_config, dataset_dir, **kw):
-    from nas_deeplab.training.trainer import TrainConfig
-    args = dict(model=model_config, train_logdir=str(logdir), dataset="synthetic", dataset_dir=dataset_dir,
-                train_batch_size=4, train_crop_size=(33, 33), training_number_of_steps=6,
-                base_learning_rate=0.05, save_interval_steps=3, log_interval_steps=100,
-                summary_interval_steps=3, strategy="one_device", deterministic=True, seed=3)
-    args.update(kw)
-    return TrainConfig(**args)
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_config, synthetic_dir):
     """6 deterministic steps on the TFRecord pipeline; keeps ckpt-3 and ckpt-6."""
