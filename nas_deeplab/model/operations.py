@@ -130,23 +130,33 @@ class AtrousOp(layers.Composite):
         return self.bn(self.conv(x), training=training)
 
 
-class PoolOp(layers.Composite):
-    """avg/max_pool_3x3: pool (SAME, stride); 1x1 conv + BN only when channels differ."""
+class _ProjectingOp(layers.Composite):
+    """An op that needs a 1x1 conv ('1x1') + BN ('bn_1') only in some configurations."""
 
-    def __init__(self, kind, filters, input_filters, stride=1, weight_decay=0.0, options=None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.kind, self.stride = kind, int(stride)
+    def _make_projection(self, filters, input_filters, project, stride=1, weight_decay=0.0,
+                         options=None):
         self.filters, self.input_filters = int(filters), int(input_filters)
-        self.project = int(input_filters) != int(filters)
-        if self.project:
-            self.conv = layers.conv(filters, 1, weight_decay=weight_decay, name="1x1")
+        self.project = project
+        if project:
+            # slim.conv2d(stride, SAME); for a 1x1 kernel SAME pads nothing, like fixed padding.
+            self.conv = layers.conv(filters, 1, stride=stride, weight_decay=weight_decay, name="1x1")
             self.bn = layers.batch_norm(options, name="bn_1")
 
     def build_children(self, in_channels):
         if self.project:
             layers.build_child(self.conv, in_channels or self.input_filters)
             layers.build_child(self.bn, self.filters)
+
+
+class PoolOp(_ProjectingOp):
+    """avg/max_pool_3x3: pool (SAME, stride); 1x1 conv + BN only when channels differ."""
+
+    def __init__(self, kind, filters, input_filters, stride=1, weight_decay=0.0, options=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.kind, self.stride = kind, int(stride)
+        self._make_projection(filters, input_filters, int(input_filters) != int(filters),
+                              weight_decay=weight_decay, options=options)
 
     def call(self, x, training=None):
         x = pool(x, self.kind, self.stride)
@@ -155,25 +165,16 @@ class PoolOp(layers.Composite):
         return x
 
 
-class SkipOp(layers.Composite):
+class SkipOp(_ProjectingOp):
     """skip_connect == official 'none': identity, or ReLU -> 1x1 (stride) -> BN when it must
     stride or change channels."""
 
     def __init__(self, filters, input_filters, stride=1, weight_decay=0.0, options=None, **kwargs):
         super().__init__(**kwargs)
         self.stride = int(stride)
-        self.filters, self.input_filters = int(filters), int(input_filters)
-        self.project = self.stride > 1 or int(input_filters) != int(filters)
-        if self.project:
-            # slim.conv2d(stride, SAME); for a 1x1 kernel SAME pads nothing, like fixed padding.
-            self.conv = layers.conv(filters, 1, stride=self.stride, weight_decay=weight_decay,
-                                    name="1x1")
-            self.bn = layers.batch_norm(options, name="bn_1")
-
-    def build_children(self, in_channels):
-        if self.project:
-            layers.build_child(self.conv, in_channels or self.input_filters)
-            layers.build_child(self.bn, self.filters)
+        self._make_projection(filters, input_filters,
+                              self.stride > 1 or int(input_filters) != int(filters),
+                              stride=self.stride, weight_decay=weight_decay, options=options)
 
     def call(self, x, training=None):
         if not self.project:

@@ -325,6 +325,7 @@ class Searcher:
         step = start
         finished = step >= self.total_steps
         epoch = step // spe
+        saved_step = start  # the restored checkpoint (or none at step 0) already holds this step
         while step < self.total_steps:
             epoch = step // spe
             in_epoch = step % spe
@@ -378,13 +379,16 @@ class Searcher:
                 stop_now = cfg.stop_after_step is not None and step >= cfg.stop_after_step
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_now:
                     self.manager.save(checkpoint_number=step)
+                    saved_step = step
                 if stop_now:
                     break
             if cfg.stop_after_step is not None and step >= cfg.stop_after_step and step % spe:
                 log(f"stopped after step {step} as asked (checkpoint saved); run again to resume")
                 break
-            # end of epoch
-            self.manager.save(checkpoint_number=step)
+            # end of epoch (unless --checkpoint_every just saved this very step)
+            if saved_step != step:
+                self.manager.save(checkpoint_number=step)
+                saved_step = step
             with writer.as_default():
                 if do_arch:
                     tf.summary.scalar("miou/trainB", _miou(conf_b), step=step)

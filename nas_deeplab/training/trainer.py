@@ -280,8 +280,8 @@ def _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, s
 
     data_seed = seed if (cfg.deterministic or start == 0) else seed + 7919 * start
     skipped_counters: list = []  # --skip_corrupt_records: the pipeline's count of dropped records
-    dist_ds = _distributed_input(cfg, strategy, descriptor, dataset_dir, split, data_seed, num_workers,
-                                 worker_idx, dataset_fn, skip=start if cfg.deterministic else 0,
+    dist_ds = _distributed_input(cfg, strategy, descriptor, dataset_dir, split, data_seed,
+                                 dataset_fn, skip=start if cfg.deterministic else 0,
                                  counters=skipped_counters)
 
     names = ["loss"] + [f"the gradient of {v.path}" for v in trainable]
@@ -396,8 +396,7 @@ def _apply_if(ok, grads, variables, optimizer):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(ok, grads))
 
 
-def _distributed_input(cfg, strategy, descriptor, dataset_dir, split, seed, num_workers, worker_idx,
-                       dataset_fn, skip, counters):
+def _distributed_input(cfg, strategy, descriptor, dataset_dir, split, seed, dataset_fn, skip, counters):
     global_batch = cfg.train_batch_size
 
     def build(batch_size, num_shards, shard_index):
