@@ -68,6 +68,7 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     val_steps: int = 4                # batches of fixed val crops for the per-epoch val mIoU (0: off)
     recompute: bool = False           # recompute nodes in the backward pass (less memory, more time)
+    recompute_levels: tuple = ()      # ... or only the nodes of these levels (0: stride 4, the largest)
     log_every: int = 10
     checkpoint_every: int = 0         # steps; 0: at the end of every epoch only
     stop_after_step: Optional[int] = None  # stop (checkpointed) after this global step: simulates an interruption
@@ -155,7 +156,7 @@ class Searcher:
             self.net = supernet.Supernet(supernet.SupernetConfig(
                 num_classes=self.desc.num_classes, num_layers=cfg.num_layers, num_blocks=cfg.num_blocks,
                 filter_multiplier=cfg.filter_multiplier, num_levels=cfg.num_levels,
-                recompute=cfg.recompute), seed=cfg.seed)
+                recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels)), seed=cfg.seed)
             import keras
             schedule = keras.optimizers.schedules.CosineDecay(
                 cfg.weight_lr, decay_steps=max(1, self.total_steps), alpha=cfg.weight_lr_min / cfg.weight_lr)

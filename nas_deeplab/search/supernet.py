@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from nas_deeplab import architecture, resize
+from nas_deeplab.model import depthwise
 from nas_deeplab.search import decode, trellis
 
 BN_EPSILON = 1e-3  # nas_arg_scope
@@ -76,6 +77,7 @@ class SupernetConfig:
     stem_filters: tuple = (64, 64, 128)  # official 3-conv stem
     aspp_rate_numerator: int = 96        # 3x3 rate 96/s
     recompute: bool = False              # recompute each node in the backward pass (memory)
+    recompute_levels: tuple = ()         # ... or only the nodes of these levels (0 = stride 4 holds most)
 
     def __post_init__(self):
         for name in ("num_classes", "num_layers", "num_blocks", "filter_multiplier"):
@@ -83,6 +85,12 @@ class SupernetConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.num_levels <= 4:
             raise ValueError(f"num_levels must be 1..4 (strides 4..32), got {self.num_levels}")
+        bad = [v for v in self.recompute_levels if not 0 <= int(v) < self.num_levels]
+        if bad:
+            raise ValueError(f"recompute_levels {bad} outside 0..{self.num_levels - 1}")
+
+    def recomputes(self, level: int) -> bool:
+        return self.recompute or level in self.recompute_levels
 
 
 def state_major_rows(num_blocks):
@@ -243,8 +251,10 @@ class Supernet(tf.Module):
     def beta_probs(self):
         return trellis.softmax_beta_tf(self.beta, self.config.num_levels)
 
-    def __call__(self, images, return_states=False):
-        """images float [N, H, W, 3] in 0..255 (static H, W) -> logits [N, H, W, num_classes]."""
+    def __call__(self, images, return_states=False, inline_nodes=False):
+        """images float [N, H, W, 3] in 0..255 (static H, W) -> logits [N, H, W, num_classes].
+        inline_nodes: trace every node into the caller's graph instead of calling the shared node
+        functions (same values; one large graph, for FLOP counting by graph profilers)."""
         cfg = self.config
         V = self.vars
         H, W = int(images.shape[1]), int(images.shape[2])
@@ -265,8 +275,12 @@ class Supernet(tf.Module):
             betas = tf.stack([beta_p[l, src, k] for src, k in inc])
             p = f"l{l}_v{v}"
             kernels = [tf.convert_to_tensor(V[f"{p}/{name}"]) for name in self._node_kernel_names(inc)]
-            fn = self._node_function(v, tuple(k for _, k in inc), sizes[v],
-                                     tuple(second.shape[1:]), tuple(tuple(x.shape[1:]) for x in inputs))
+            ks = tuple(k for _, k in inc)
+            if inline_nodes:
+                fn = self._make_node_fn(v, ks, sizes[v])
+            else:
+                fn = self._node_function(v, ks, sizes[v], tuple(second.shape[1:]),
+                                         tuple(tuple(x.shape[1:]) for x in inputs))
             states[(l, v)] = fn(second, betas, alpha_sm, *kernels, *inputs)
         logits = 0.0
         for v in trellis.levels_of(cfg.num_layers - 1, cfg.num_levels):
@@ -323,7 +337,7 @@ class Supernet(tf.Module):
         if key not in cache:
             fn = tf.function(self._make_node_fn(v, ks, size), autograph=False, reduce_retracing=False,
                              experimental_attributes={"_noinline": True})
-            if self.config.recompute:
+            if self.config.recomputes(v):
                 fn = tf.recompute_grad(fn)
             cache[key] = fn
         return cache[key]
@@ -398,12 +412,11 @@ class Supernet(tf.Module):
         t = tf.reshape(_repeat(tf.reshape(r, [-1, h, wd, G, 1, C]), 4, Q), [-1, h, wd, G * Q * C])
         dw1 = tf.reshape(grouped(k["dw1"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1])  # (g, q, c) order
         if stride == 2:
-            y = tf.nn.depthwise_conv2d(resize.fixed_padding(t, 5), dw1, [1, 2, 2, 1], "VALID")
+            y = depthwise.depthwise_conv2d(resize.fixed_padding(t, 5), dw1, 2, "VALID")
         else:
-            y = tf.nn.depthwise_conv2d(t, dw1, [1, 1, 1, 1], "SAME")
+            y = depthwise.depthwise_conv2d(t, dw1)
         y = tf.nn.relu(_fbn(_conv(y, grouped(k["pw1"], [1, 1, C, Q * C]))))
-        y = tf.nn.depthwise_conv2d(y, tf.reshape(grouped(k["dw2"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1]),
-                                   [1, 1, 1, 1], "SAME")
+        y = depthwise.depthwise_conv2d(y, tf.reshape(grouped(k["dw2"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1]))
         y = _conv(y, grouped(k["pw2"], [1, 1, C, Q * C]))
         ho, wo = int(y.shape[1]), int(y.shape[2])
         # -- atrous: one conv per kernel size for all consumers (grouped over directions) --------

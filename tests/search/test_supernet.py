@@ -108,18 +108,25 @@ def test_paper_size_supernet_builds():
     assert not set(map(id, net.weight_variables)) & set(map(id, net.arch_variables))
 
 
-def test_recompute_option_gives_the_same_gradients():
+@pytest.mark.parametrize("options", [dict(recompute=True), dict(recompute_levels=(0,)),
+                                     dict(inline=True)])
+def test_memory_and_counting_options_give_the_same_loss_and_gradients(options):
+    """Recomputing all nodes or only level 0 in the backward pass, and tracing the nodes inline (the
+    FLOP-counting path), compute what the default path computes."""
     x = tf.random.stateless_uniform([2, 33, 33, 3], [1, 2], 0, 255)
     y = tf.random.stateless_uniform([2, 33, 33], [3, 4], 0, 3, tf.int32)
     results = []
-    for recompute in (False, True):
+    for opts in ({}, options):
+        inline = opts.get("inline", False)
+        cfg = {k: v for k, v in opts.items() if k != "inline"}
         net = supernet.Supernet(supernet.SupernetConfig(num_classes=3, num_layers=2, num_blocks=2,
-                                                        filter_multiplier=2, recompute=recompute), seed=1)
+                                                        filter_multiplier=2, **cfg), seed=1)
 
         @tf.function(autograph=False)
         def f():
             with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, net(x)))
+                logits = net(x, inline_nodes=inline)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
             return loss, tape.gradient(loss, net.weight_variables + net.arch_variables)
 
         loss, grads = f()

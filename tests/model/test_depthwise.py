@@ -1,0 +1,44 @@
+"""The depthwise conv with the rewritten filter gradient equals TF's own op and gradients."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nas_deeplab import resize
+from nas_deeplab.model import depthwise
+
+
+def _native(x, k, stride, padding):
+    return tf.nn.depthwise_conv2d(x, k, [1, stride, stride, 1], padding)
+
+
+@pytest.mark.parametrize("shape,ksize,stride,padding", [
+    ((2, 17, 17, 6), 5, 1, "SAME"), ((1, 8, 11, 3), 5, 1, "SAME"), ((2, 9, 9, 4), 3, 1, "SAME"),
+    ((2, 7, 10, 3), 3, 2, "SAME"), ((2, 1, 1, 5), 5, 1, "SAME"), ((2, 2, 3, 4), 5, 1, "SAME"),
+    ((2, 17, 17, 6), 5, 2, "FIXED"), ((1, 12, 9, 2), 5, 2, "FIXED"), ((2, 2, 2, 3), 5, 2, "FIXED")])
+def test_forward_and_gradients_equal_native(shape, ksize, stride, padding):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal(shape), tf.float32)
+    k = tf.constant(rng.standard_normal((ksize, ksize, shape[-1], 1)), tf.float32)
+    if padding == "FIXED":  # the supernet's strided separable op: fixed padding + VALID
+        x = resize.fixed_padding(x, ksize)
+        padding = "VALID"
+    dy = None
+    results = []
+    for fn in (_native, depthwise.depthwise_conv2d):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = fn(x, k, stride, padding)
+            if dy is None:
+                dy = tf.constant(rng.standard_normal(y.shape), tf.float32)
+            loss = tf.reduce_sum(y * dy)
+        results.append([y] + tape.gradient(loss, [x, k]))
+    for ref, got, name in zip(results[0], results[1], ("output", "input grad", "kernel grad")):
+        assert ref.shape == got.shape, name
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
+    assert float(tf.reduce_max(tf.abs(results[1][2]))) > 0.1  # the kernel gradient is not trivially zero
+
+
+def test_refuses_channel_multiplier():
+    with pytest.raises(ValueError, match="K, K, C, 1"):
+        depthwise.depthwise_conv2d(tf.zeros([1, 5, 5, 2]), tf.zeros([3, 3, 2, 2]))
