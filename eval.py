@@ -27,6 +27,7 @@ def define_flags(f=FLAGS) -> None:
         return
     flags_common.define_model_flags(f)
     flags_common.define_dataset_flags(f)
+    flags_common.define_thread_flags(f)
     flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix or a training folder (newest checkpoint).",
                         flag_values=f)
     flags.DEFINE_string("eval_split", None, "Split to evaluate (default: the data set's eval split).",
@@ -78,6 +79,8 @@ def run(f, stream=None) -> int:
     """The CLI on parsed flags `f`; returns the exit status (2: bad flags or inputs)."""
     stream = stream or sys.stdout
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Evaluation runs one large image at a time: TF's default pools (threads inside each conv) win.
+    flags_common.apply_thread_flags(f, prefer="default", stream=stream)
     from nas_deeplab.training.evaluator import evaluate
     try:
         cfg = eval_config_from_flags(f)

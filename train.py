@@ -38,6 +38,7 @@ def define_flags(f=FLAGS) -> None:
     flags_common.define_model_flags(f)
     flags_common.define_dataset_flags(f)
     flags_common.define_runtime_flags(f)
+    flags_common.define_thread_flags(f)
     flags.DEFINE_string("train_logdir", None, "Where checkpoints and summaries go (default "
                         "runs/train_<architecture>_<dataset>); an existing run there is resumed.",
                         flag_values=f)
@@ -157,6 +158,7 @@ def run(f, stream=None) -> int:
     except ValueError as e:  # FlagError, ArchitectureError, DataError, config validation
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    flags_common.apply_thread_flags(f, prefer="op_parallel", stream=stream)
     from nas_deeplab.training import trainer
     if cfg.num_cpu_replicas > 1:
         from nas_deeplab.training.distribute import configure_logical_cpus

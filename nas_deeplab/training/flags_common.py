@@ -84,6 +84,26 @@ def define_runtime_flags(flag_values=flags.FLAGS) -> None:
                       "Keras mixed precision policy (float16 uses dynamic loss scaling).", flag_values=f)
 
 
+@_once("cpu_threads")
+def define_thread_flags(flag_values=flags.FLAGS) -> None:
+    """--cpu_threads, --inter_op_threads, --intra_op_threads (nas_deeplab.training.threads)."""
+    f = flag_values
+    flags.DEFINE_enum("cpu_threads", "auto", ["auto", "op_parallel", "default"],
+                      "CPU thread pools: op_parallel = one thread per op, as many ops at once as cores "
+                      "(fast for the search and for training on CPU); default = TF's choice; auto = this "
+                      "program's preference on a machine without GPU, else default.", flag_values=f)
+    flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (0: from --cpu_threads).", flag_values=f)
+    flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (0: from --cpu_threads).", flag_values=f)
+
+
+def apply_thread_flags(flag_values, prefer: str, stream=None) -> None:
+    """Set the thread pools from the flags (before TF starts) and log the choice."""
+    from nas_deeplab.training import threads  # noqa: PLC0415
+    f = flag_values
+    line = threads.configure(f.cpu_threads, f.inter_op_threads, f.intra_op_threads, prefer=prefer)
+    print(line, file=stream, flush=True)
+
+
 # -- parsing -------------------------------------------------------------------------------------
 
 def parse_int_list(values, flag: str) -> tuple[int, ...]:
