@@ -62,11 +62,13 @@ def graph_flops(concrete_fn) -> float | None:
         return None
 
 
-def record(name: str, times: list[float], flops: float | None = None, **extra) -> dict:
+def record(name: str, times: list[float], flops: float | None = None, rss: float | None = None,
+           **extra) -> dict:
+    """One result; `rss` (MiB) overrides the process peak so far (for a figure taken earlier)."""
     med = statistics.median(times)
     rec = {"name": name, "median_s": round(med, 4), "min_s": round(min(times), 4),
            "max_s": round(max(times), 4), "repeats": len(times),
-           "peak_rss_mib": round(peak_rss_mib(), 1)}
+           "peak_rss_mib": round(peak_rss_mib() if rss is None else rss, 1)}
     if flops:
         rec["gflops"] = round(flops / 1e9, 2)
         rec["gflop_per_s"] = round(flops / 1e9 / med, 1)

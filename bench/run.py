@@ -8,8 +8,8 @@ Prints a table and writes JSON records ({"name", "crop" or "size", "median_s", "
 FLOP convention (the same for every record): the TF profiler's float-op count of the traced forward
 graph (2 FLOPs per multiply-add of every conv/matmul, plus elementwise ops it counts), times 3 for a
 step that also back-propagates to the weights (backward ~ 2x forward) and times 2 for the
-architecture step (backward to the activations and alpha/beta only). The search records carry no
-FLOP figure: the profiler does not count inside the supernet's non-inlined node functions. Peak RSS is the process
+architecture step (backward to the activations and alpha/beta only). The supernet is counted on a
+trace with its nodes inlined (the profiler does not look inside called functions). Peak RSS is the process
 maximum so far, so each section runs in its own process (`--only` is re-invoked per section).
 """
 
@@ -29,12 +29,16 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("only", ["search", "train", "inference", "input"], "Sections to run.")
 flags.DEFINE_list("crops", ["65", "129", "321"], "Search crops.")
+flags.DEFINE_list("recompute_crops", ["321"], "Search crops measured again with --recompute_levels=0,1 "
+                  "(the memory-bounded setting).")
 flags.DEFINE_list("train_crops", ["321", "769"], "Training-step crops (Auto-DeepLab-S).")
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported) after warm-up.")
 flags.DEFINE_string("json", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"),
                     "Where to write the records.")
 flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
 flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
+flags.DEFINE_enum("threads", "auto", ["auto", "op_parallel", "default"],
+                  "CPU thread policy (nas_deeplab.training.threads); auto: what each program uses.")
 SECTIONS = ("search", "train", "inference", "input")
 
 
@@ -45,7 +49,7 @@ def _forward_flops(fn, spec):
     return common.graph_flops(tf.function(fn).get_concrete_function(spec))
 
 
-def bench_search(crop: int, repeats: int) -> list[dict]:
+def bench_search(crop: int, repeats: int, recompute_levels=()) -> list[dict]:
     import tensorflow as tf  # noqa: PLC0415
 
     from bench import common  # noqa: PLC0415
@@ -53,7 +57,8 @@ def bench_search(crop: int, repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         cfg = searcher.SearchConfig(output_dir=out, crop_size=crop, batch_size=2, num_layers=12,
                                     num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
-                                    arch_start_epoch=0, strategy="one_device", val_steps=0)
+                                    arch_start_epoch=0, strategy="one_device", val_steps=0,
+                                    recompute_levels=tuple(recompute_levels))
         t0 = time.monotonic()
         s = searcher.Searcher(cfg, log=lambda *a, **k: None)
         build_s = time.monotonic() - t0
@@ -66,20 +71,25 @@ def bench_search(crop: int, repeats: int) -> list[dict]:
         s.arch_step(next(it_b))["loss"].numpy()
         first_a = time.monotonic() - t0
         startup_rss = common.peak_rss_mib()
-        # The profiler cannot see inside the supernet's non-inlined per-node-kind functions, so it
-        # would undercount by orders of magnitude: no FLOP figure for the search steps yet.
-        fwd = None
         w_times = common.time_calls(lambda: s.weight_step(next(it_a))["loss"].numpy(), 0, repeats)
         a_times = common.time_calls(lambda: s.arch_step(next(it_b))["loss"].numpy(), 0, repeats)
+        step_rss = common.peak_rss_mib()
+        # The profiler cannot see inside the non-inlined node functions: count on an inlined trace
+        # (after the timings, so its memory is not in their peak RSS).
+        fwd = _forward_flops(lambda x: s.net(x, inline_nodes=True),
+                             tf.TensorSpec([2, crop, crop, 3], tf.float32))
         params = int(s.net.parameter_count("weights"))
-    base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params}
+    base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params,
+            "recompute_levels": list(recompute_levels)}
+    if recompute_levels:
+        base["note"] = "recompute levels " + ",".join(map(str, recompute_levels))
     return [
         common.record("search_startup", [build_s + first_w], None, build_s=round(build_s, 2),
                       trace_and_first_weight_step_s=round(first_w, 2),
-                      first_arch_step_s=round(first_a, 2), startup_peak_rss_mib=round(startup_rss, 1),
+                      first_arch_step_s=round(first_a, 2), rss=startup_rss,
                       **base),
-        common.record("search_weight_step", w_times, fwd and 3 * fwd, **base),
-        common.record("search_arch_step", a_times, fwd and 2 * fwd, **base),
+        common.record("search_weight_step", w_times, fwd and 3 * fwd, rss=step_rss, **base),
+        common.record("search_arch_step", a_times, fwd and 2 * fwd, rss=step_rss, **base),
     ]
 
 
@@ -138,6 +148,54 @@ def bench_inference(repeats: int) -> list[dict]:
                                 model="auto_deeplab_s regular heads SavedModel")
             rec["images_per_s"] = round(batch / rec["median_s"], 2)
             records.append(rec)
+    records += _inference_tf1_baseline(repeats)
+    records.append(_conv_peak(repeats))
+    return records
+
+
+def _conv_peak(repeats: int) -> dict:
+    """One large dense 3x3 convolution (the decoder's shape at 1025x2049): what this machine's conv
+    kernels reach, the yardstick for the inference GFLOP/s."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    x = tf.random.normal([1, 257, 513, 256])
+    k = tf.random.normal([3, 3, 256, 256])
+    conv = tf.function(lambda t: tf.nn.conv2d(t, k, 1, "SAME"))
+    times = common.time_calls(lambda: conv(x).numpy(), 1, repeats)
+    flops = 2.0 * 257 * 513 * 9 * 256 * 256
+    return common.record("conv_peak", times, flops, size="257x513x256->256 3x3")
+
+
+def _inference_tf1_baseline(repeats: int) -> list[dict]:
+    """The same network as an official-style TF1 graph (tests/export/tf1_reference.py, written from
+    the spec and checked against our model there), timed in the same process: the issue's "official
+    graph" baseline on THIS machine. Variables are zeros (speed does not depend on their values)."""
+    import importlib.util  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab import architecture  # noqa: PLC0415
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "export",
+                        "tf1_reference.py")
+    spec = importlib.util.spec_from_file_location("tf1_reference", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    arch = architecture.preset("auto_deeplab_s")
+    records = []
+    for h, w in ((1025, 2049), (513, 513)):
+        with tf.Graph().as_default() as graph:
+            x = tf.compat.v1.placeholder(tf.float32, [1, h, w, 3])
+            pred = tf.argmax(ref.deeplab_logits(x, arch, 19, separable_heads=False)["logits"], -1)
+            init = tf.compat.v1.global_variables_initializer()
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(init)
+            img = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.float32)
+            times = common.time_calls(lambda: sess.run(pred, {x: img}), 1, repeats)
+        records.append(common.record("inference_tf1_graph", times, None, size=f"{h}x{w}", batch=1,
+                                     model="auto_deeplab_s regular heads, official-style TF1 graph"))
     return records
 
 
@@ -163,7 +221,8 @@ def bench_input(repeats: int) -> list[dict]:
 
 def _child(section: str, arg: str, repeats: int) -> list[dict]:
     if section == "search":
-        return bench_search(int(arg), repeats)
+        crop, _, levels = arg.partition("@")  # "321" or "321@0,1"
+        return bench_search(int(crop), repeats, [int(v) for v in levels.split(",") if v])
     if section == "train":
         return bench_train(int(arg), repeats)
     if section == "inference":
@@ -175,7 +234,14 @@ def main(argv):
     del argv
     import json  # noqa: PLC0415
     if FLAGS.child:
-        print("BENCH_JSON " + json.dumps(_child(FLAGS.only[0], FLAGS.child_crop, FLAGS.repeats)), flush=True)
+        from nas_deeplab.training import threads  # noqa: PLC0415
+        # What the CLIs do: search.py prefers op-parallel pools on CPU, train/eval/export the defaults.
+        prefer = "op_parallel" if FLAGS.only[0] == "search" else "default"
+        described = threads.configure(FLAGS.threads, prefer=prefer)
+        records = _child(FLAGS.only[0], FLAGS.child_crop, FLAGS.repeats)
+        for rec in records:
+            rec["threads"] = described
+        print("BENCH_JSON " + json.dumps(records), flush=True)
         return
     bad = [s for s in FLAGS.only if s not in SECTIONS]
     if bad:
@@ -185,6 +251,7 @@ def main(argv):
     for section in FLAGS.only:
         if section == "search":
             jobs += [(section, c) for c in FLAGS.crops]
+            jobs += [(section, f"{c}@0,1") for c in FLAGS.recompute_crops]
         elif section == "train":
             jobs += [(section, c) for c in FLAGS.train_crops]
         else:
@@ -193,7 +260,7 @@ def main(argv):
     for section, arg in jobs:
         # One process per measurement: peak RSS is per process, and one size never warms another.
         cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--only={section}",
-               f"--child_crop={arg}", f"--repeats={FLAGS.repeats}"]
+               f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}"]
         print(f"running {section} {arg}".rstrip(), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]

@@ -149,10 +149,20 @@ def _split_sep(x, scope, filters, rate):
     return _conv_bn_relu(x, scope + "_pointwise", filters)
 
 
+def _regular_3x3(x, scope, filters, rate):
+    """aspp_with_separable_conv / decoder_use_separable_conv = False: slim conv 3x3 (+ BN, ReLU)."""
+    with v1.variable_scope(scope):
+        w = _var("weights", [3, 3, int(x.shape[-1]), filters])
+    x = tf.nn.conv2d(x, w, 1, "SAME", dilations=rate)
+    return tf.nn.relu(_bn(x, scope + "/BatchNorm", HEAD_EPS))
+
+
 def deeplab_logits(raw_images, arch, num_classes, atrous_rates=(12, 24, 36), decoder_end_point="Cell_2",
-                   output_stride=8, decoder_stride=4):
-    """Official model.predict_labels path (separable ASPP, image pooling, decoder), logits upsampled to
-    the input size; `raw_images` are 0..255 floats of a static 32k+1 size."""
+                   output_stride=8, decoder_stride=4, separable_heads=True):
+    """Official model.predict_labels path (ASPP, image pooling, decoder), logits upsampled to
+    the input size; `raw_images` are 0..255 floats of a static 32k+1 size. separable_heads=False: the
+    regular-conv ASPP and decoder (used by bench/run.py for a same-machine baseline)."""
+    head = _split_sep if separable_heads else _regular_3x3
     crop_h, crop_w = int(raw_images.shape[1]), int(raw_images.shape[2])
     ends = hnasnet((2.0 / 255.0) * raw_images - 1.0, arch)
     features = ends["features"]
@@ -161,14 +171,14 @@ def deeplab_logits(raw_images, arch, num_classes, atrous_rates=(12, 24, 36), dec
     pool = _resize(_conv_bn_relu(pool, "image_pooling", 256), [ph, pw])
     branches = [pool, _conv_bn_relu(features, "aspp0", 256)]
     for i, rate in enumerate(atrous_rates, 1):
-        branches.append(_split_sep(features, f"aspp{i}", 256, rate))
+        branches.append(head(features, f"aspp{i}", 256, rate))
     net = _conv_bn_relu(tf.concat(branches, 3), "concat_projection", 256)
     with v1.variable_scope("decoder"):
         low = _conv_bn_relu(ends[decoder_end_point], "feature_projection0", 48)
         dh, dw = _scale_dim(crop_h, 1.0 / decoder_stride), _scale_dim(crop_w, 1.0 / decoder_stride)
         net = tf.concat([_resize(net, [dh, dw]), _resize(low, [dh, dw])], 3)
-        net = _split_sep(net, "decoder_conv0", 256, 1)
-        net = _split_sep(net, "decoder_conv1", 256, 1)
+        net = head(net, "decoder_conv0", 256, 1)
+        net = head(net, "decoder_conv1", 256, 1)
     with v1.variable_scope("logits/semantic"):
         w, b = _var("weights", [1, 1, 256, num_classes]), _var("biases", [num_classes])
     logits = tf.nn.conv2d(net, w, 1, "SAME") + b
