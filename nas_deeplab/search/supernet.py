@@ -44,9 +44,13 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   shapes): about 14 kinds at L=12 instead of 45 nodes, so tracing and differentiating the graph and
   optimising it at the first step cost O(kinds); the calls are not inlined (`_noinline`).
 * Variables are stored in the layouts the kernels need (no transposes in the step).
-Measured (2 shared CPU cores, load ~5, L=12 B=5 F=8, batch 2): crop 65: build 3 s, trace 18-38 s,
-first weight step 30 s, then ~1.1-2.2 s per weight step, 3.4 GiB; crop 321: 14 s per weight step,
-10 GiB, or with `recompute=True` (each node recomputed in the backward pass) 16 s and 3.8 GiB.
+* The separable ops' depthwise filter gradient is itself a depthwise conv (`model/depthwise.py`): the
+  oneDNN kernel for it was 39% of the weight step.
+* XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
+Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
+build 2 s, start-up 45 s, then 0.89 s per weight step and 0.52 s per arch step, 3.6 GiB; crop 321:
+7.2 s per weight step, 10.4 GiB, or with `recompute_levels=(0, 1)` 8.9 s and 5.7 GiB
+(bench/results.json has the current figures).
 """
 
 from __future__ import annotations
