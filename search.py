@@ -1,6 +1,6 @@
 """Auto-DeepLab architecture search (hierarchical: cell alpha + network-level beta).
 
-    python search.py                      # small preset on the built-in data set (~10 min on 2 CPU cores)
+    python search.py                      # small preset on the built-in data set (~3 min on 2 CPU cores)
     python search.py --preset=paper --dataset=cityscapes --dataset_dir=/data/cityscapes_tfrecord
 
 Writes to --output_dir: architecture.json (read by train.py / export.py), alpha.npy, beta.npy,
@@ -20,7 +20,7 @@ from absl import app, flags  # noqa: E402
 from nas_deeplab.training import flags_common  # noqa: E402
 
 PRESETS = {
-    # Finishes in about ten minutes on two CPU cores with the built-in data set.
+    # Finishes in about three minutes on two CPU cores with the built-in data set.
     "small": dict(crop_size=65, batch_size=4, filter_multiplier=4, num_layers=8, num_blocks=5, epochs=6,
                   arch_start_epoch=2, steps_per_epoch=0, val_steps=3),
     # Paper Sec. 5.1: 321x321 crops, batch 2, 40 epochs, alpha/beta from epoch 20, L=12, B=5, F=8.
