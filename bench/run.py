@@ -271,7 +271,10 @@ def main(argv):
             continue
         records += json.loads(lines[-1][len("BENCH_JSON "):])
     meta = common.machine()
-    print(f"machine: {meta['cpu']}, {meta['cores']} cores, GPU: {meta['gpu']}, TF {meta['tf']}")
+    described = f"{meta['cpu']}, {meta['cores']} cores, GPU: {meta['gpu']}, TF {meta['tf']}"
+    for rec in records:  # every figure names its machine, also when records are copied elsewhere
+        rec["machine"] = described
+    print(f"machine: {described}")
     common.print_table(records)
     common.write_json(FLAGS.json, records, meta)
     print(f"wrote {FLAGS.json}")
