@@ -8,7 +8,7 @@ gradient is itself a depthwise convolution, with the batch folded into the chann
                 = DepthwiseConv(xp as [1, Hp, Wp, N*C], dy as [h, w, N*C, 1], dilation s)[0, a, b, (n, c)]
                   summed over n,
 
-which oneDNN runs 1.2-3.6x faster (bench figures in the README). The forward pass and the input
+which oneDNN runs 1.2-3.6x faster (per call, over the supernet's shapes). The forward pass and the input
 gradient are TF's own ops, so only the filter gradient's summation order changes (float32 round-off,
 checked against the native gradient in tests/model/test_depthwise.py).
 """
