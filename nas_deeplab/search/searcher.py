@@ -87,6 +87,8 @@ class SearchConfig:
         need(self.num_layers >= 1, f"--num_layers must be >= 1, got {self.num_layers}")
         need(self.num_blocks >= 1, f"--num_blocks must be >= 1, got {self.num_blocks}")
         need(1 <= self.num_levels <= 4, f"--num_levels must be 1..4 (strides 4..32), got {self.num_levels}")
+        bad = [v for v in self.recompute_levels if not 0 <= int(v) < self.num_levels]
+        need(not bad, f"--recompute_levels: {bad} not in 0..{self.num_levels - 1} (the trellis levels)")
         need(self.weight_lr > 0 and self.arch_lr > 0, "learning rates must be positive")
         need(0 <= self.weight_lr_min <= self.weight_lr,
              f"--weight_lr_min must be in [0, --weight_lr], got {self.weight_lr_min}")

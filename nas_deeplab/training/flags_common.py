@@ -92,8 +92,10 @@ def define_thread_flags(flag_values=flags.FLAGS) -> None:
                       "CPU thread pools: op_parallel = one thread per op, as many ops at once as cores "
                       "(fast for the search and for training on CPU); default = TF's choice; auto = this "
                       "program's preference on a machine without GPU, else default.", flag_values=f)
-    flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (0: from --cpu_threads).", flag_values=f)
-    flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (0: from --cpu_threads).", flag_values=f)
+    flags.DEFINE_integer("inter_op_threads", 0, "Ops run at once (0: from --cpu_threads).", lower_bound=0,
+                         flag_values=f)
+    flags.DEFINE_integer("intra_op_threads", 0, "Threads per op (0: from --cpu_threads).", lower_bound=0,
+                         flag_values=f)
 
 
 def apply_thread_flags(flag_values, prefer: str, stream=None) -> None:

@@ -51,3 +51,10 @@ def test_bad_flags_give_clear_errors(tmp_path):
     with flagsaver.flagsaver():
         with pytest.raises(app.UsageError, match="--batch_size"):
             _run([f"--output_dir={tmp_path}", "--batch_size=0"])
+    with flagsaver.flagsaver():
+        with pytest.raises(app.UsageError, match=r"--recompute_levels: \[4\] not in 0..3"):
+            _run([f"--output_dir={tmp_path}", "--recompute_levels=0,4"])
+    with flagsaver.flagsaver():
+        with pytest.raises(flags.IllegalFlagValueError, match="inter_op_threads"):
+            flags.FLAGS(["search.py", "--inter_op_threads=-1"])
+    assert not os.listdir(tmp_path)  # nothing written for refused flags
