@@ -1,24 +1,18 @@
 """train.py (2 steps, tiny architecture) then eval.py on its folder, both in-process."""
 
-import io
 import json
 import os
 import re
 
 import pytest
-from absl import flags
 
-from test_train_cli import load_cli, run_train
+from test_train_cli import load_cli, run_cli, run_train
 
 eval_cli = load_cli("eval")
 
 
 def run_eval(argv):
-    fv = flags.FlagValues()
-    eval_cli.define_flags(fv)
-    fv(["eval.py"] + list(argv))
-    out = io.StringIO()
-    return eval_cli.run(fv, stream=out), out.getvalue()
+    return run_cli(eval_cli, argv)
 
 
 def test_train_then_eval_with_multiscale_flip_and_vis(tmp_path):

@@ -20,12 +20,17 @@ def load_cli(name):
 train_cli = load_cli("train")
 
 
-def run_train(argv):
+def run_cli(cli, argv):
+    """Parse argv into fresh flags and run the CLI module in-process -> (exit status, its output)."""
     fv = flags.FlagValues()
-    train_cli.define_flags(fv)
-    fv(["train.py"] + list(argv))
+    cli.define_flags(fv)
+    fv([f"{cli.__name__}.py"] + list(argv))
     out = io.StringIO()
-    return train_cli.run(fv, stream=out), out.getvalue()
+    return cli.run(fv, stream=out), out.getvalue()
+
+
+def run_train(argv):
+    return run_cli(train_cli, argv)
 
 
 def test_print_summary_ends_with_exact_counts_for_s_with_regular_heads():

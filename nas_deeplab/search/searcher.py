@@ -252,6 +252,27 @@ class Searcher:
                                    strategy.run(eval_replica, args=(dist_batch,)), axis=None)
         self.eval_step = eval_step
 
+    def _run_step(self, which, batches, step, timed):
+        """The next batch through the weight or architecture step -> (outputs, loss). The first call
+        of each is timed in two parts, trace and first run, and logged: start-up is what users wait on."""
+        fn, key = (self.weight_step, "weight") if which == "weight" else (self.arch_step, "arch")
+        first = key not in timed
+        t = time.monotonic()
+        batch = next(batches)
+        if first:
+            fn.get_concrete_function(batch)
+            self.timings[f"{key}_trace_s"] = time.monotonic() - t
+            t = time.monotonic()
+        out = fn(batch)
+        self._check(out, step, which)
+        loss = float(out["loss"])
+        if first:
+            timed.add(key)
+            self.timings[f"{key}_first_step_s"] = time.monotonic() - t
+            self.log(f"{which} step: trace {self.timings[f'{key}_trace_s']:.1f} s, first step "
+                     f"{self.timings[f'{key}_first_step_s']:.1f} s, peak RSS {memory.peak_rss_mib():.0f} MiB")
+        return out, loss
+
     def _check(self, out, step, which):
         if float(out["loss_ok"]) < 1 - 1e-6:
             raise SearchError(f"non-finite loss at step {step} in the {which} step ({float(out['loss'])}); "
@@ -324,7 +345,7 @@ class Searcher:
             f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
             f"{self.net.parameter_count():,} supernet weights; build {self.timings['build_s']:.1f} s")
         bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)
-        first_weight, first_arch = True, True
+        timed = set()  # steps whose first call (trace + first run) has been timed and logged
         step = start
         finished = step >= self.total_steps
         epoch = step // spe
@@ -337,38 +358,11 @@ class Searcher:
             it_b = self._dataset("trainB", epoch, skip=in_epoch, seed_offset=1) if do_arch else None
             conf_b = 0.0
             for _ in range(in_epoch, spe):
-                t = time.monotonic()
-                batch = next(it_a)
-                if first_weight:
-                    self.weight_step.get_concrete_function(batch)
-                    self.timings["weight_trace_s"] = time.monotonic() - t
-                    t = time.monotonic()
-                out = self.weight_step(batch)
-                self._check(out, step + 1, "weight")
-                w_loss = float(out["loss"])
-                if first_weight:
-                    self.timings["weight_first_step_s"] = time.monotonic() - t
-                    log(f"weight step: trace {self.timings['weight_trace_s']:.1f} s, first step "
-                        f"{self.timings['weight_first_step_s']:.1f} s, peak RSS {memory.peak_rss_mib():.0f} MiB")
-                    first_weight = False
+                _, w_loss = self._run_step("weight", it_a, step + 1, timed)
                 scalars = {"loss_w": w_loss}
                 if do_arch:
-                    t = time.monotonic()
-                    batch_b = next(it_b)
-                    if first_arch:
-                        self.arch_step.get_concrete_function(batch_b)
-                        self.timings["arch_trace_s"] = time.monotonic() - t
-                        t = time.monotonic()
-                    out_b = self.arch_step(batch_b)
-                    self._check(out_b, step + 1, "architecture")
-                    scalars["loss_a"] = float(out_b["loss"])
+                    out_b, scalars["loss_a"] = self._run_step("architecture", it_b, step + 1, timed)
                     conf_b = conf_b + out_b["confusion"].numpy()
-                    if first_arch:
-                        self.timings["arch_first_step_s"] = time.monotonic() - t
-                        log(f"architecture step: trace {self.timings['arch_trace_s']:.1f} s, first step "
-                            f"{self.timings['arch_first_step_s']:.1f} s, peak RSS "
-                            f"{memory.peak_rss_mib():.0f} MiB")
-                        first_arch = False
                 step += 1
                 self.step.assign(step)
                 lr = float(self.schedule(self.weight_opt.iterations - 1))
