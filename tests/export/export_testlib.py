@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from nas_deeplab import resize
@@ -12,7 +13,10 @@ SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "
 
 
 def read_tsv(name):
-    """[(name, shape tuple)] from an official variable list, in file (creation) order."""
+    """[(name, shape tuple)] from an official variable list, in file (creation) order; skips, like
+    tests/model's `official_vars`, when the clone has no ../shared/spec beside it."""
+    if not os.path.isdir(SPEC_DIR):
+        pytest.skip(f"official variable lists not available: {os.path.abspath(SPEC_DIR)} is absent")
     rows = []
     with open(os.path.join(SPEC_DIR, name), encoding="utf-8") as f:
         for line in f:
