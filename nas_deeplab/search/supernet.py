@@ -46,6 +46,8 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
 * Variables are stored in the layouts the kernels need (no transposes in the step).
 * The separable ops' depthwise filter gradient is itself a depthwise conv (`model/depthwise.py`): the
   oneDNN kernel for it was 39% of the weight step.
+* The max pool's gradient recomputes the pool next to MaxPoolGrad (`model/max_pool.py`), so TF runs
+  oneDNN's kernel instead of Eigen's, which was about 10x slower.
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
 Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
 build 2 s, start-up 45 s, then 0.89 s per weight step and 0.52 s per arch step, 3.6 GiB; crop 321:
@@ -62,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from nas_deeplab import architecture, resize
-from nas_deeplab.model import depthwise
+from nas_deeplab.model import depthwise, max_pool
 from nas_deeplab.search import decode, trellis
 
 BN_EPSILON = 1e-3  # nas_arg_scope
@@ -445,7 +447,7 @@ class Supernet(tf.Module):
         z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), scale)
         out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
-        pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), tf.nn.max_pool2d(x, 3, stride, "SAME")]
+        pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
         if stride == 1:
             pools.append(x)
         npool = len(pools)
