@@ -11,6 +11,11 @@ gradient is itself a depthwise convolution, with the batch folded into the chann
 which oneDNN runs 1.2-3.6x faster (per call, over the supernet's shapes). The forward pass and the input
 gradient are TF's own ops, so only the filter gradient's summation order changes (float32 round-off,
 checked against the native gradient in tests/model/test_depthwise.py).
+
+The input may also be given un-repeated (`repeats`): the supernet runs every consumer's separable
+kernels on one cell state as one depthwise conv over Q copies of its channels. Taking the copy inside
+the op keeps the Q-times larger tensor out of the saved activations (13% of them at crop 321) and lets
+the gradient pad and transpose the small input instead of the large one.
 """
 
 from __future__ import annotations
@@ -25,14 +30,29 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _filter_gradient(x, dy, kernel_size, stride, padding):
-    n, h, w, c = (int(d) for d in x.shape)
+def repeat_channels(x, groups: int, repeats: int):
+    """[..., G*C] -> [..., G*Q*C]: each of the G channel groups repeated Q times in place."""
+    if repeats == 1:
+        return x
+    lead = [int(d) for d in x.shape[:-1]]
+    c = int(x.shape[-1]) // groups
+    t = tf.reshape(x, lead + [groups, 1, c])
+    t = tf.tile(t, [1] * len(lead) + [1, repeats, 1])
+    return tf.reshape(t, lead + [groups * repeats * c])
+
+
+def _filter_gradient(x, dy, kernel_size, stride, padding, groups, repeats):
+    """x is the un-repeated input: it is padded and transposed at its own (Q times smaller) size and
+    repeated only then, in the layout the gradient conv reads."""
+    n, h, w, _ = (int(d) for d in x.shape)
+    c = int(dy.shape[-1])
     if padding == "SAME":
         ph, pw = _same_padding(h, kernel_size, stride), _same_padding(w, kernel_size, stride)
         x = tf.pad(x, [[0, 0], ph, pw, [0, 0]])
         h, w = h + sum(ph), w + sum(pw)
     oh, ow = int(dy.shape[1]), int(dy.shape[2])
-    xt = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, n * c])
+    xt = repeat_channels(tf.transpose(x, [1, 2, 0, 3]), groups, repeats)
+    xt = tf.reshape(xt, [1, h, w, n * c])
     dyt = tf.reshape(tf.transpose(dy, [1, 2, 0, 3]), [oh, ow, n * c, 1])
     # With a 1x1 "filter" the dilation is irrelevant (and TF refuses rate > 1 with a size-1 filter).
     rate = [stride, stride] if (oh > 1 or ow > 1) else [1, 1]
@@ -41,21 +61,36 @@ def _filter_gradient(x, dy, kernel_size, stride, padding):
     return tf.reduce_sum(tf.reshape(g, [kernel_size, kernel_size, n, c]), axis=2)[..., None]
 
 
-def depthwise_conv2d(x, kernel, stride: int = 1, padding: str = "SAME"):
-    """tf.nn.depthwise_conv2d (channel multiplier 1, rate 1) whose kernel gradient is computed as a
-    depthwise convolution (see module). x [N, H, W, C] with static shape, kernel [K, K, C, 1]."""
+def depthwise_conv2d(x, kernel, stride: int = 1, padding: str = "SAME", groups: int = 1,
+                     repeats: int = 1):
+    """tf.nn.depthwise_conv2d (channel multiplier 1, rate 1) of `repeat_channels(x, groups, repeats)`,
+    whose kernel gradient is computed as a depthwise convolution (see module).
+
+    x [N, H, W, G*C] with static shape, kernel [K, K, G*Q*C, 1]. The repeated input is not kept for
+    the backward pass (it is rebuilt there, after the transpose the gradient needs), and its input
+    gradient is summed over the repeats: the supernet feeds one cell state to every consumer's
+    separable kernels this way."""
     if int(kernel.shape[-1]) != 1 or kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"depthwise_conv2d: need a square [K, K, C, 1] kernel, got {kernel.shape}")
+    if int(x.shape[-1]) * repeats != int(kernel.shape[2]) or int(x.shape[-1]) % groups:
+        raise ValueError(f"depthwise_conv2d: {x.shape[-1]} input channels in {groups} groups, "
+                         f"repeated {repeats} times, do not match the kernel's {kernel.shape[2]}")
     strides = [1, stride, stride, 1]
     ksize = int(kernel.shape[0])
 
     @tf.custom_gradient
     def conv(x, kernel):
-        y = tf.nn.depthwise_conv2d(x, kernel, strides, padding)
+        xr = repeat_channels(x, groups, repeats)
+        y = tf.nn.depthwise_conv2d(xr, kernel, strides, padding)
 
         def grad(dy):
-            dx = tf.nn.depthwise_conv2d_backprop_input(tf.shape(x), kernel, dy, strides, padding)
-            return dx, _filter_gradient(x, dy, ksize, stride, padding)
+            shape = [int(d) for d in x.shape[:-1]] + [int(kernel.shape[2])]
+            dx = tf.nn.depthwise_conv2d_backprop_input(shape, kernel, dy, strides, padding)
+            if repeats > 1:
+                c = int(x.shape[-1]) // groups
+                dx = tf.reduce_sum(tf.reshape(dx, shape[:3] + [groups, repeats, c]), axis=4)
+                dx = tf.reshape(dx, shape[:3] + [groups * c])
+            return dx, _filter_gradient(x, dy, ksize, stride, padding, groups, repeats)
 
         return y, grad
 

@@ -404,7 +404,6 @@ class Supernet(tf.Module):
         weights of the conv ops are the scales of their (otherwise non-affine) BN, which is exact
         and saves a multiply on the largest tensor."""
         n = int(k["atr3"].shape[3])
-        h, wd = int(x.shape[1]), int(x.shape[2])
         r = tf.nn.relu(x)
 
         def grouped(kernel, shape):  # shared kernel -> one copy per direction (grouped conv)
@@ -415,12 +414,11 @@ class Supernet(tf.Module):
 
         # -- separable 3x3 and 5x5, both layers, all consumers: depthwise + grouped 1x1 ---------
         Q = 2 * n
-        t = tf.reshape(_repeat(tf.reshape(r, [-1, h, wd, G, 1, C]), 4, Q), [-1, h, wd, G * Q * C])
         dw1 = tf.reshape(grouped(k["dw1"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1])  # (g, q, c) order
         if stride == 2:
-            y = depthwise.depthwise_conv2d(resize.fixed_padding(t, 5), dw1, 2, "VALID")
+            y = depthwise.depthwise_conv2d(resize.fixed_padding(r, 5), dw1, 2, "VALID", G, Q)
         else:
-            y = depthwise.depthwise_conv2d(t, dw1)
+            y = depthwise.depthwise_conv2d(r, dw1, groups=G, repeats=Q)
         y = tf.nn.relu(_fbn(_conv(y, grouped(k["pw1"], [1, 1, C, Q * C]))))
         y = depthwise.depthwise_conv2d(y, tf.reshape(grouped(k["dw2"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1]))
         y = _conv(y, grouped(k["pw2"], [1, 1, C, Q * C]))

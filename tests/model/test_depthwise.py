@@ -39,6 +39,50 @@ def test_forward_and_gradients_equal_native(shape, ksize, stride, padding):
     assert float(tf.reduce_max(tf.abs(results[1][2]))) > 0.1  # the kernel gradient is not trivially zero
 
 
+@pytest.mark.parametrize("shape,groups,repeats,stride,padding", [
+    ((2, 9, 9, 6), 2, 3, 1, "SAME"), ((1, 7, 10, 4), 1, 4, 1, "SAME"), ((2, 11, 11, 6), 3, 2, 2, "FIXED"),
+    ((2, 1, 1, 4), 2, 2, 1, "SAME")])
+def test_repeated_input_equals_native_on_the_tiled_input(shape, groups, repeats, stride, padding):
+    """The supernet's form: the input's G channel groups are each repeated Q times inside the op; the
+    input gradient must come back summed over the repeats."""
+    rng = np.random.default_rng(2)
+    n, h, w, gc = shape
+    c = gc // groups
+    x = tf.constant(rng.standard_normal(shape), tf.float32)
+    k = tf.constant(rng.standard_normal((5, 5, gc * repeats, 1)), tf.float32)
+    if padding == "FIXED":
+        x = resize.fixed_padding(x, 5)
+        padding = "VALID"
+    ph, pw = int(x.shape[1]), int(x.shape[2])
+
+    def tiled_native(x, k):
+        t = tf.tile(tf.reshape(x, [n, ph, pw, groups, 1, c]), [1, 1, 1, 1, repeats, 1])
+        return _native(tf.reshape(t, [n, ph, pw, groups * repeats * c]), k, stride, padding)
+
+    def repeated(x, k):
+        return depthwise.depthwise_conv2d(x, k, stride, padding, groups=groups, repeats=repeats)
+
+    dy = None
+    results = []
+    for fn in (tiled_native, repeated):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = fn(x, k)
+            if dy is None:
+                dy = tf.constant(rng.standard_normal(y.shape), tf.float32)
+            loss = tf.reduce_sum(y * dy)
+        results.append([y] + tape.gradient(loss, [x, k]))
+    for ref, got, name in zip(results[0], results[1], ("output", "input grad", "kernel grad")):
+        assert ref.shape == got.shape, name
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
+    np.testing.assert_array_equal(results[1][0].numpy(), results[0][0].numpy())  # same forward op
+
+
 def test_refuses_channel_multiplier():
     with pytest.raises(ValueError, match="K, K, C, 1"):
         depthwise.depthwise_conv2d(tf.zeros([1, 5, 5, 2]), tf.zeros([3, 3, 2, 2]))
+
+
+def test_refuses_mismatched_repeats():
+    with pytest.raises(ValueError, match="repeated 3 times"):
+        depthwise.depthwise_conv2d(tf.zeros([1, 5, 5, 2]), tf.zeros([3, 3, 4, 1]), repeats=3)
