@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from test_train_cli import load_cli, run_cli, run_train
+from test_train_cli import load_cli, run_cli, run_train, tiny_run_flags
 
 eval_cli = load_cli("eval")
 
@@ -16,19 +16,10 @@ def run_eval(argv):
 
 
 def test_train_then_eval_with_multiscale_flip_and_vis(tmp_path):
-    from nas_deeplab import architecture as arch_lib
-    from nas_deeplab.data import synthetic
+    model_flags, train_flags = tiny_run_flags(tmp_path)
     data = str(tmp_path / "data")
-    synthetic.build(data, num_train=4, num_val=2)
-    arch = str(tmp_path / "tiny.json")
-    arch_lib.Architecture(("separable_3x3_2", "atrous_3x3", "skip_connect", "avg_pool_3x3"), (1, 0, 2, 0),
-                          (0, 1), 4, name="tiny").save(arch)
     run = str(tmp_path / "run")
-    model_flags = [f"--architecture={arch}", "--atrous_rates=2", "--decoder_output_stride=none",
-                   f"--dataset_dir={data}"]
-    rc, out = run_train(model_flags + [f"--train_logdir={run}", "--training_number_of_steps=2",
-                                       "--train_batch_size=2", "--train_crop_size=33,33",
-                                       "--strategy=one_device", "--save_interval_steps=1"])
+    rc, out = run_train(model_flags + train_flags + [f"--train_logdir={run}", "--save_interval_steps=1"])
     assert rc == 0, out
     miou = float(re.search(r"val mIoU: ([0-9.]+)", out).group(1))
     assert 0.0 <= miou <= 1.0

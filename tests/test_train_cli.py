@@ -68,3 +68,34 @@ def test_enum_flags_rejected_by_the_parser():
     train_cli.define_flags(fv)
     with pytest.raises(flags.IllegalFlagValueError, match="strategy"):
         fv(["train.py", "--strategy=bogus"])
+
+
+def tiny_run_flags(tmp_path):
+    """A 4-example synthetic dataset and a one-cell architecture under tmp_path -> (model flags,
+    flags for a 2-step one-device training run)."""
+    from nas_deeplab import architecture as arch_lib
+    from nas_deeplab.data import synthetic
+    data = str(tmp_path / "data")
+    synthetic.build(data, num_train=4, num_val=2)
+    arch = str(tmp_path / "tiny.json")
+    arch_lib.Architecture(("separable_3x3_2", "atrous_3x3", "skip_connect", "avg_pool_3x3"), (1, 0, 2, 0),
+                          (0, 1), 4, name="tiny").save(arch)
+    model = [f"--architecture={arch}", "--atrous_rates=2", "--decoder_output_stride=none",
+             f"--dataset_dir={data}"]
+    return model, ["--training_number_of_steps=2", "--train_batch_size=2", "--train_crop_size=33,33",
+                   "--strategy=one_device"]
+
+
+def test_mixed_bfloat16_trains_on_cpu_and_float16_is_refused_up_front(tmp_path, capsys):
+    import tensorflow as tf
+    model, steps = tiny_run_flags(tmp_path)
+    argv = model + steps
+    rc, out = run_train(argv + [f"--train_logdir={tmp_path / 'bf16'}", "--mixed_precision=mixed_bfloat16"])
+    assert rc == 0, out
+    assert "val mIoU" in out
+    if tf.config.list_logical_devices("GPU"):
+        return  # float16 is supported there
+    rc, _ = run_train(argv + [f"--train_logdir={tmp_path / 'f16'}", "--mixed_precision=mixed_float16"])
+    assert rc == 2
+    assert "--mixed_precision=mixed_float16 needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "f16").exists()  # refused before anything was written

@@ -205,6 +205,10 @@ def _train_in_strategy(cfg, strategy, seed, dataset_fn, stream):
     if cfg.train_batch_size % replicas:
         raise ValueError(f"--train_batch_size={cfg.train_batch_size} must be a multiple of the "
                          f"{replicas} replicas in sync")
+    if cfg.mixed_precision == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
+        # TF 2.21's CPU kernels have no float16 conv backprop with dilation (every atrous op and ASPP).
+        raise ValueError("--mixed_precision=mixed_float16 needs a GPU (TF's CPU kernels cannot "
+                         "differentiate float16 dilated convs); on CPU use mixed_bfloat16 or none")
     chief = is_chief(strategy)
     num_workers, worker_idx = distribute.worker_info(strategy)
     logdir = os.path.abspath(cfg.train_logdir)
