@@ -151,6 +151,26 @@ def _repeat(x, axis, times):
     return tile(x)
 
 
+def _weighted_sum(maps, weights, G, C):
+    """sum_k weights[k, i] * maps[k] for every consumer i: k maps [N, h, w, G*C], weights [k, n]
+    -> [N, h, w, G, n, C].
+
+    For C < 32 (the two finest levels) this is one 1x1 conv whose kernel is weights (x) identity(C),
+    with the directions folded into the width: C times the multiply-adds, but one pass over memory
+    instead of a [.., k, n, C] product and its reduction, and their gradients. Measured per call,
+    forward and backward, one thread: 3x faster at C=8, 1.8x at C=16, equal at 32, slower at 64."""
+    k, n = int(weights.shape[0]), int(weights.shape[1])
+    h, w = int(maps[0].shape[1]), int(maps[0].shape[2])
+    if C >= 32:
+        stacked = tf.stack([tf.reshape(m, [-1, h, w, G, 1, C]) for m in maps], axis=4)  # [N,h,w,G,k,1,C]
+        return tf.reduce_sum(stacked * tf.reshape(weights, [k, n, 1]), axis=4)
+    stacked = tf.reshape(tf.stack([tf.reshape(m, [-1, h, w, G, C]) for m in maps], axis=4),
+                         [-1, h, w * G, k * C])
+    kernel = tf.reshape(weights[:, None, :, None] * tf.eye(C, dtype=weights.dtype)[None, :, None, :],
+                        [1, 1, k * C, n * C])
+    return tf.reshape(_conv(stacked, kernel, padding="VALID"), [-1, h, w, G, n, C])
+
+
 def _conv(x, k, stride=1, rate=1, padding="SAME"):
     return tf.nn.conv2d(x, k, strides=stride, padding=padding, dilations=rate)
 
@@ -448,10 +468,7 @@ class Supernet(tf.Module):
         pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
         if stride == 1:
             pools.append(x)
-        npool = len(pools)
-        pooled = tf.stack([tf.reshape(p_, [-1, ho, wo, G, 1, C]) for p_ in pools], axis=4)  # [N,h,w,G,k,1,C]
-        wp = tf.reshape(w["pool"][:npool], [npool, n, 1])
-        return out + tf.reduce_sum(pooled * wp, axis=4)
+        return out + _weighted_sum(pools, w["pool"][:len(pools)], G, C)
 
     def _aspp(self, x, v):
         V = {k.split("/", 1)[1]: t for k, t in self.vars.items() if k.startswith(f"aspp_v{v}/")}

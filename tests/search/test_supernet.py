@@ -38,9 +38,10 @@ def _faithful_ops(V, row, C, x, stride, consumer):
     return outs
 
 
-@pytest.mark.parametrize("stride,state", [(1, 0), (1, 1), (1, 2), (2, 0)])
-def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state):
-    net = _tiny()
+@pytest.mark.parametrize("stride,state,filters", [(1, 0, 2), (1, 1, 2), (1, 2, 2), (2, 0, 2), (1, 0, 16)])
+def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filters):
+    """filters 2 -> C = 4 and 16 -> C = 32: both ways of weighting the pools (`_weighted_sum`)."""
+    net = _tiny(filter_multiplier=filters)
     l, v = 2, 1  # has a downsample direction -> skip_stride exists
     assert any(k == trellis.DOWN for _, k in trellis.incoming(l, v))
     V = {k: tf.convert_to_tensor(t) for k, t in net.node_variables(l, v).items()}
