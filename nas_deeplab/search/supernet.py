@@ -336,12 +336,12 @@ class Supernet(tf.Module):
 
     def state_weights(self, probs):
         """Per cell state j: the consumers' op weights. `probs` is softmax(alpha) in state-major row
-        order. conv4/conv5: [ops, n] for the BN-scaled conv outputs (sep3, sep5, atr3, atr5[, skip]);
-        pool: [3, n] for avg, max, skip (the latter unused when strided)."""
+        order. conv4: [4, n] for the BN-scaled conv outputs (sep3, sep5, atr3, atr5); skip: [1, n] for
+        the strided skip (also BN-scaled); pool: [3, n] for avg, max, skip (skip unused when strided)."""
         sizes = [r1 - r0 for (r0, r1) in self.ranges.values()]
         out = {}
         for j, wj in zip(self.ranges, tf.split(tf.transpose(probs), sizes, axis=1)):  # [8, n] each
-            out[j] = {"conv4": wj[_SEP3:_ATR5 + 1], "conv5": tf.gather(wj, [_SEP3, _SEP5, _ATR3, _ATR5, _SKIP]),
+            out[j] = {"conv4": wj[_SEP3:_ATR5 + 1], "skip": wj[_SKIP:_SKIP + 1],
                       "pool": wj[_AVG:_SKIP + 1]}
         return out
 
@@ -451,19 +451,21 @@ class Supernet(tf.Module):
         else:
             a3 = _conv(r, grouped(k["atr3"], [3, 3, C, n * C]), rate=2)
             a5 = _conv(r, grouped(k["atr5"], [5, 5, C, n * C]), rate=2)
-        parts = [tf.reshape(y, [-1, ho, wo, G, Q * C]), tf.reshape(a3, [-1, ho, wo, G, n * C]),
-                 tf.reshape(a5, [-1, ho, wo, G, n * C])]
+        # Each conv output gets its own BN (statistics are per channel either way) whose scale is the
+        # consumer's alpha weight; the separable output holds two ops (3x3, 5x5) to sum.
         wconv = w["conv4"]
+        terms = [(y, wconv[0:2]), (a3, wconv[2:3]), (a5, wconv[3:4])]
         if stride == 2:
             # strided skip (official 'none' with stride): ReLU -> 1x1 stride 2 -> BN.
             sk = _conv(r, tf.reshape(skip_kernel, [1, 1, C, n * C]), stride=2)
-            parts.append(tf.reshape(sk, [-1, ho, wo, G, n * C]))
-            wconv = w["conv5"]
-        nconv = len(parts) + 1  # the separable part holds two ops
-        # one BN for every conv output, its per-channel scale = the consumer's alpha weight
-        scale = tf.reshape(_repeat(_repeat(tf.reshape(wconv, [1, nconv * n, 1]), 0, G), 2, C), [-1])
-        z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), scale)
-        out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
+            terms.append((sk, w["skip"]))
+        summed = []
+        for t, wrows in terms:
+            m = int(wrows.shape[0])
+            scale = tf.reshape(_repeat(_repeat(tf.reshape(wrows, [1, m * n, 1]), 0, G), 2, C), [-1])
+            z = tf.reshape(_fbn(t, scale), [-1, ho, wo, G, m, n, C])
+            summed.append(tf.reduce_sum(z, axis=4) if m > 1 else z[:, :, :, :, 0])
+        out = tf.add_n(summed)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
         pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
         if stride == 1:
