@@ -35,8 +35,9 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   every BN is one FusedBatchNorm op.
 * Each cell state (H^{l-1}, H^{l-2}, block outputs) is processed ONCE for all the blocks consuming it:
   separable layers for all consumers and both kernel sizes (3x3 zero-padded into 5x5, which is exact)
-  as one depthwise + one grouped 1x1, the two atrous convs as one conv each with the consumers' kernels
-  concatenated on the output channels, pools and skip once, and one BN for all conv outputs.
+  as one depthwise + one grouped 1x1 (on the large stride-4 maps of big crops, one per kernel size),
+  the two atrous convs as one conv each with the consumers' kernels concatenated on the output
+  channels, pools and skip once, and one BN per conv output.
 * H^{l-2} is identical for every direction, so its ops run once per node and are broadcast.
 * softmax(alpha) rows are permuted once per step into "state-major" order, so every state's consumer
   weights and kernels are static slices.
@@ -68,6 +69,11 @@ from nas_deeplab.model import depthwise, max_pool
 from nas_deeplab.search import decode, trellis
 
 BN_EPSILON = 1e-3  # nas_arg_scope
+# On maps at least this size (the stride-4 level of crops >= 253) the 3x3 and 5x5 separable ops run as
+# separate convs: the 3x3 ones then skip the zero taps of their 5x5 embedding (32% of the depthwise
+# work), which outweighs the extra ops. Node bench at crop 321, one thread: 81x81 nodes 10-15% faster;
+# 41x41 and smaller ones slower, so they share one 5x5 conv.
+SPLIT_SEPARABLE_MIN_SIZE = 64
 NUM_OPS = len(architecture.OP_VOCABULARY)
 # Column indices into softmax(alpha) (the order of architecture.OP_VOCABULARY).
 _SEP3, _SEP5, _ATR3, _ATR5, _AVG, _MAX, _SKIP, _ZERO = range(8)
@@ -169,6 +175,29 @@ def _weighted_sum(maps, weights, G, C):
     kernel = tf.reshape(weights[:, None, :, None] * tf.eye(C, dtype=weights.dtype)[None, :, None, :],
                         [1, 1, k * C, n * C])
     return tf.reshape(_conv(stacked, kernel, padding="VALID"), [-1, h, w, G, n, C])
+
+
+def _grouped(kernel, shape, G):
+    """A kernel shared by G stacked directions -> one copy per direction (a grouped conv's kernel)."""
+    if G == 1:
+        return tf.reshape(kernel, shape)
+    kernel = tf.reshape(kernel, shape[:3] + [1, shape[3]])
+    return tf.reshape(_repeat(kernel, 3, G), shape[:3] + [G * shape[3]])
+
+
+def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2):
+    """Both separable layers of Q (consumer, kernel) pairs reading one ReLU'd cell state r
+    [N, h, w, G*C]: depthwise over Q copies of r, grouped 1x1, BN, ReLU, depthwise, grouped 1x1.
+    Depthwise kernels [K, K, .., C] hold Q*C channels in (q, c) order, pointwise ones [C, .., C]."""
+    K = int(dw1.shape[0])
+    d1 = tf.reshape(_grouped(dw1, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1])  # (g, q, c) order
+    if stride == 2:
+        y = depthwise.depthwise_conv2d(resize.fixed_padding(r, K), d1, 2, "VALID", G, Q)
+    else:
+        y = depthwise.depthwise_conv2d(r, d1, groups=G, repeats=Q)
+    y = tf.nn.relu(_fbn(_conv(y, _grouped(pw1, [1, 1, C, Q * C], G))))
+    y = depthwise.depthwise_conv2d(y, tf.reshape(_grouped(dw2, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1]))
+    return _conv(y, _grouped(pw2, [1, 1, C, Q * C], G))
 
 
 def _conv(x, k, stride=1, rate=1, padding="SAME"):
@@ -318,15 +347,18 @@ class Supernet(tf.Module):
 
     def cell_kernels(self, V):
         """The node's op kernels split per cell state (one Split op per kernel), in the layouts
-        `mixed_ops` uses. Separable 3x3 kernels are zero-padded into 5x5 (exact: the extra taps
-        multiply zeros), so both separable ops run as one depthwise conv."""
+        `mixed_ops` uses. Separable 3x3 kernels are also zero-padded into 5x5 (exact: the extra taps
+        multiply zeros), so both separable ops can run as one depthwise conv (dw1, dw2), or each on
+        its own (dw1_3, dw1_5, ...)."""
         sizes = [r1 - r0 for (r0, r1) in self.ranges.values()]
         pad = [[1, 1], [1, 1], [0, 0], [0, 0]]
         dw1 = tf.stack([tf.pad(V["sep3_dw1"], pad), V["sep5_dw1"]], axis=2)  # [5,5,2,E,C]
         dw2 = tf.stack([tf.pad(V["sep3_dw2"], pad), V["sep5_dw2"]], axis=2)
         parts = {"dw1": tf.split(dw1, sizes, axis=3), "dw2": tf.split(dw2, sizes, axis=3),
                  "pw1": tf.split(V["sep_pw1"], sizes, axis=2), "pw2": tf.split(V["sep_pw2"], sizes, axis=2),
-                 "atr3": tf.split(V["atr3"], sizes, axis=3), "atr5": tf.split(V["atr5"], sizes, axis=3)}
+                 "atr3": tf.split(V["atr3"], sizes, axis=3), "atr5": tf.split(V["atr5"], sizes, axis=3),
+                 "dw1_3": tf.split(V["sep3_dw1"], sizes, axis=2), "dw1_5": tf.split(V["sep5_dw1"], sizes, axis=2),
+                 "dw2_3": tf.split(V["sep3_dw2"], sizes, axis=2), "dw2_5": tf.split(V["sep5_dw2"], sizes, axis=2)}
         return {j: {k: parts[k][i] for k in parts} for i, j in enumerate(self.ranges)}
 
     def node_variables(self, l, v):
@@ -416,45 +448,39 @@ class Supernet(tf.Module):
 
         return node
 
-    def mixed_ops(self, x, G, C, k, w, stride=1, skip_kernel=None):
+    def mixed_ops(self, x, G, C, k, w, stride=1, skip_kernel=None, split_separable=None):
         """All mixed ops reading one cell state for every consumer block, for G stacked directions.
 
         x [N, h, w, G*C] -> [N, h', w', G, n, C] (n consumers; h' = h, or the strided size).
         k: this state's kernels (`cell_kernels`), w: its op weights (`state_weights`). The alpha
         weights of the conv ops are the scales of their (otherwise non-affine) BN, which is exact
-        and saves a multiply on the largest tensor."""
+        and saves a multiply on the largest tensor. split_separable: run the 3x3 and 5x5 separable
+        ops as separate convs (default: on maps of SPLIT_SEPARABLE_MIN_SIZE and more)."""
         n = int(k["atr3"].shape[3])
         r = tf.nn.relu(x)
 
-        def grouped(kernel, shape):  # shared kernel -> one copy per direction (grouped conv)
-            if G == 1:
-                return tf.reshape(kernel, shape)
-            kernel = tf.reshape(kernel, shape[:3] + [1, shape[3]])
-            return tf.reshape(_repeat(kernel, 3, G), shape[:3] + [G * shape[3]])
-
         # -- separable 3x3 and 5x5, both layers, all consumers: depthwise + grouped 1x1 ---------
-        Q = 2 * n
-        dw1 = tf.reshape(grouped(k["dw1"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1])  # (g, q, c) order
-        if stride == 2:
-            y = depthwise.depthwise_conv2d(resize.fixed_padding(r, 5), dw1, 2, "VALID", G, Q)
+        if split_separable is None:
+            split_separable = int(x.shape[1]) >= SPLIT_SEPARABLE_MIN_SIZE
+        if split_separable:
+            seps = [(_separable(r, G, C, n, stride, k[f"dw1_{kk}"], k["pw1"][:, i], k[f"dw2_{kk}"],
+                                k["pw2"][:, i]), w["conv4"][i:i + 1]) for i, kk in enumerate((3, 5))]
         else:
-            y = depthwise.depthwise_conv2d(r, dw1, groups=G, repeats=Q)
-        y = tf.nn.relu(_fbn(_conv(y, grouped(k["pw1"], [1, 1, C, Q * C]))))
-        y = depthwise.depthwise_conv2d(y, tf.reshape(grouped(k["dw2"], [5, 5, 1, Q * C]), [5, 5, G * Q * C, 1]))
-        y = _conv(y, grouped(k["pw2"], [1, 1, C, Q * C]))
+            seps = [(_separable(r, G, C, 2 * n, stride, k["dw1"], k["pw1"], k["dw2"], k["pw2"]),
+                     w["conv4"][0:2])]
+        y = seps[0][0]
         ho, wo = int(y.shape[1]), int(y.shape[2])
         # -- atrous: one conv per kernel size for all consumers (grouped over directions) --------
         if stride == 2:
             rs = resize.resize_bilinear(r, (ho, wo))
-            a3 = _conv(rs, grouped(k["atr3"], [3, 3, C, n * C]))
-            a5 = _conv(rs, grouped(k["atr5"], [5, 5, C, n * C]))
+            a3 = _conv(rs, _grouped(k["atr3"], [3, 3, C, n * C], G))
+            a5 = _conv(rs, _grouped(k["atr5"], [5, 5, C, n * C], G))
         else:
-            a3 = _conv(r, grouped(k["atr3"], [3, 3, C, n * C]), rate=2)
-            a5 = _conv(r, grouped(k["atr5"], [5, 5, C, n * C]), rate=2)
+            a3 = _conv(r, _grouped(k["atr3"], [3, 3, C, n * C], G), rate=2)
+            a5 = _conv(r, _grouped(k["atr5"], [5, 5, C, n * C], G), rate=2)
         # Each conv output gets its own BN (statistics are per channel either way) whose scale is the
-        # consumer's alpha weight; the separable output holds two ops (3x3, 5x5) to sum.
-        wconv = w["conv4"]
-        terms = [(y, wconv[0:2]), (a3, wconv[2:3]), (a5, wconv[3:4])]
+        # consumer's alpha weight; a shared-5x5 separable output holds two ops (3x3, 5x5) to sum.
+        terms = seps + [(a3, w["conv4"][2:3]), (a5, w["conv4"][3:4])]
         if stride == 2:
             # strided skip (official 'none' with stride): ReLU -> 1x1 stride 2 -> BN.
             sk = _conv(r, tf.reshape(skip_kernel, [1, 1, C, n * C]), stride=2)

@@ -38,9 +38,12 @@ def _faithful_ops(V, row, C, x, stride, consumer):
     return outs
 
 
-@pytest.mark.parametrize("stride,state,filters", [(1, 0, 2), (1, 1, 2), (1, 2, 2), (2, 0, 2), (1, 0, 16)])
-def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filters):
-    """filters 2 -> C = 4 and 16 -> C = 32: both ways of weighting the pools (`_weighted_sum`)."""
+@pytest.mark.parametrize("stride,state,filters,split", [(1, 0, 2, False), (1, 1, 2, False), (1, 2, 2, False),
+                                                      (2, 0, 2, False), (1, 0, 16, False), (1, 0, 2, True),
+                                                      (2, 1, 2, True)])
+def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filters, split):
+    """filters 2 -> C = 4 and 16 -> C = 32: both ways of weighting the pools (`_weighted_sum`);
+    split: separable 3x3 and 5x5 as one shared 5x5 conv or one conv each."""
     net = _tiny(filter_multiplier=filters)
     l, v = 2, 1  # has a downsample direction -> skip_stride exists
     assert any(k == trellis.DOWN for _, k in trellis.incoming(l, v))
@@ -55,7 +58,7 @@ def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filter
           for _ in range(1 if stride == 2 else 2)]
     G = len(xs)
     fast = net.mixed_ops(tf.concat(xs, -1), G, C, net.cell_kernels(V)[state], w, stride=stride,
-                         skip_kernel=V["skip_stride"]).numpy()  # [N,h,w,G,n,C]
+                         skip_kernel=V["skip_stride"], split_separable=split).numpy()  # [N,h,w,G,n,C]
     r0, r1 = net.ranges[state]
     assert fast.shape[3:] == (G, r1 - r0, C)
     for g, x in enumerate(xs):  # each direction on its own: per-direction BN statistics
