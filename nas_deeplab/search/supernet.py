@@ -489,8 +489,9 @@ class Supernet(tf.Module):
         for t, wrows in terms:
             m = int(wrows.shape[0])
             scale = tf.reshape(_repeat(_repeat(tf.reshape(wrows, [1, m * n, 1]), 0, G), 2, C), [-1])
-            z = tf.reshape(_fbn(t, scale), [-1, ho, wo, G, m, n, C])
-            summed.append(tf.reduce_sum(z, axis=4) if m > 1 else z[:, :, :, :, 0])
+            z = _fbn(t, scale)
+            summed.append(tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, m, n, C]), axis=4) if m > 1
+                          else tf.reshape(z, [-1, ho, wo, G, n, C]))
         out = tf.add_n(summed)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
         pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
