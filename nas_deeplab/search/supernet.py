@@ -74,6 +74,11 @@ BN_EPSILON = 1e-3  # nas_arg_scope
 # work), which outweighs the extra ops. Node bench at crop 321, one thread: 81x81 nodes 10-15% faster;
 # 41x41 and smaller ones slower, so they share one 5x5 conv.
 SPLIT_SEPARABLE_MIN_SIZE = 64
+# Maps at least this size a side (strides 4 and 8 at crop 321) take the forms that save passes over
+# memory (and saved activations) at the price of more ops: the separable input repeated inside the
+# depthwise op, the pools weighted by a 1x1 conv. On smaller maps per-op overhead dominates (the crop-65
+# weight step was 0.8 s with the fewer-op forms, 1.0 s with these).
+LARGE_MAP_SIZE = 32
 NUM_OPS = len(architecture.OP_VOCABULARY)
 # Column indices into softmax(alpha) (the order of architecture.OP_VOCABULARY).
 _SEP3, _SEP5, _ATR3, _ATR5, _AVG, _MAX, _SKIP, _ZERO = range(8)
@@ -161,13 +166,13 @@ def _weighted_sum(maps, weights, G, C):
     """sum_k weights[k, i] * maps[k] for every consumer i: k maps [N, h, w, G*C], weights [k, n]
     -> [N, h, w, G, n, C].
 
-    For C < 32 (the two finest levels) this is one 1x1 conv whose kernel is weights (x) identity(C),
+    For C < 32 on large maps (LARGE_MAP_SIZE) this is one 1x1 conv whose kernel is weights (x) identity(C),
     with the directions folded into the width: C times the multiply-adds, but one pass over memory
     instead of a [.., k, n, C] product and its reduction, and their gradients. Measured per call,
     forward and backward, one thread: 3x faster at C=8, 1.8x at C=16, equal at 32, slower at 64."""
     k, n = int(weights.shape[0]), int(weights.shape[1])
     h, w = int(maps[0].shape[1]), int(maps[0].shape[2])
-    if C >= 32:
+    if C >= 32 or h < LARGE_MAP_SIZE:
         stacked = tf.stack([tf.reshape(m, [-1, h, w, G, 1, C]) for m in maps], axis=4)  # [N,h,w,G,k,1,C]
         return tf.reduce_sum(stacked * tf.reshape(weights, [k, n, 1]), axis=4)
     stacked = tf.reshape(tf.stack([tf.reshape(m, [-1, h, w, G, C]) for m in maps], axis=4),
@@ -191,10 +196,15 @@ def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2):
     Depthwise kernels [K, K, .., C] hold Q*C channels in (q, c) order, pointwise ones [C, .., C]."""
     K = int(dw1.shape[0])
     d1 = tf.reshape(_grouped(dw1, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1])  # (g, q, c) order
+    h, w = int(r.shape[1]), int(r.shape[2])
+    groups, repeats = G, Q
+    if h < LARGE_MAP_SIZE:  # copy first: fewer ops in the gradient
+        r = tf.reshape(_repeat(tf.reshape(r, [-1, h, w, G, 1, C]), 4, Q), [-1, h, w, G * Q * C])
+        groups, repeats = 1, 1
     if stride == 2:
-        y = depthwise.depthwise_conv2d(resize.fixed_padding(r, K), d1, 2, "VALID", G, Q)
+        y = depthwise.depthwise_conv2d(resize.fixed_padding(r, K), d1, 2, "VALID", groups, repeats)
     else:
-        y = depthwise.depthwise_conv2d(r, d1, groups=G, repeats=Q)
+        y = depthwise.depthwise_conv2d(r, d1, groups=groups, repeats=repeats)
     y = tf.nn.relu(_fbn(_conv(y, _grouped(pw1, [1, 1, C, Q * C], G))))
     y = depthwise.depthwise_conv2d(y, tf.reshape(_grouped(dw2, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1]))
     return _conv(y, _grouped(pw2, [1, 1, C, Q * C], G))
@@ -478,21 +488,19 @@ class Supernet(tf.Module):
         else:
             a3 = _conv(r, _grouped(k["atr3"], [3, 3, C, n * C], G), rate=2)
             a5 = _conv(r, _grouped(k["atr5"], [5, 5, C, n * C], G), rate=2)
-        # Each conv output gets its own BN (statistics are per channel either way) whose scale is the
-        # consumer's alpha weight; a shared-5x5 separable output holds two ops (3x3, 5x5) to sum.
+        # One BN for every conv output (statistics are per channel, so per op and direction), its
+        # per-channel scale = the consumer's alpha weight; then the sum over the ops.
         terms = seps + [(a3, w["conv4"][2:3]), (a5, w["conv4"][3:4])]
         if stride == 2:
             # strided skip (official 'none' with stride): ReLU -> 1x1 stride 2 -> BN.
             sk = _conv(r, tf.reshape(skip_kernel, [1, 1, C, n * C]), stride=2)
             terms.append((sk, w["skip"]))
-        summed = []
-        for t, wrows in terms:
-            m = int(wrows.shape[0])
-            scale = tf.reshape(_repeat(_repeat(tf.reshape(wrows, [1, m * n, 1]), 0, G), 2, C), [-1])
-            z = _fbn(t, scale)
-            summed.append(tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, m, n, C]), axis=4) if m > 1
-                          else tf.reshape(z, [-1, ho, wo, G, n, C]))
-        out = tf.add_n(summed)
+        wrows = tf.concat([wr for _, wr in terms], axis=0)  # [ops, n], in the order of the parts
+        nconv = int(wrows.shape[0])
+        scale = tf.reshape(_repeat(_repeat(tf.reshape(wrows, [1, nconv * n, 1]), 0, G), 2, C), [-1])
+        parts = [tf.reshape(t, [-1, ho, wo, G, int(wr.shape[0]) * n * C]) for t, wr in terms]
+        z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), scale)
+        out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
         pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
         if stride == 1:

@@ -38,12 +38,15 @@ def _faithful_ops(V, row, C, x, stride, consumer):
     return outs
 
 
-@pytest.mark.parametrize("stride,state,filters,split", [(1, 0, 2, False), (1, 1, 2, False), (1, 2, 2, False),
-                                                      (2, 0, 2, False), (1, 0, 16, False), (1, 0, 2, True),
-                                                      (2, 1, 2, True)])
-def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filters, split):
-    """filters 2 -> C = 4 and 16 -> C = 32: both ways of weighting the pools (`_weighted_sum`);
-    split: separable 3x3 and 5x5 as one shared 5x5 conv or one conv each."""
+@pytest.mark.parametrize("stride,state,filters,split,large", [
+    (1, 0, 2, False, False), (1, 1, 2, False, True), (1, 2, 2, False, False), (2, 0, 2, False, True),
+    (2, 0, 2, False, False), (1, 0, 16, False, True), (1, 0, 2, True, True), (2, 1, 2, True, False)])
+def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filters, split, large,
+                                                           monkeypatch):
+    """Every form the supernet picks by size: split (separable 3x3 and 5x5 as one shared 5x5 conv or
+    one conv each), large (maps >= LARGE_MAP_SIZE: repeat inside the depthwise op, pools weighted by
+    a 1x1 conv when C < 32; filters 2 -> C = 4, 16 -> C = 32)."""
+    monkeypatch.setattr(supernet, "LARGE_MAP_SIZE", 1 if large else 10 ** 6)
     net = _tiny(filter_multiplier=filters)
     l, v = 2, 1  # has a downsample direction -> skip_stride exists
     assert any(k == trellis.DOWN for _, k in trellis.incoming(l, v))
