@@ -49,10 +49,14 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   oneDNN kernel for it was 39% of the weight step.
 * The max pool's gradient recomputes the pool next to MaxPoolGrad (`model/max_pool.py`), so TF runs
   oneDNN's kernel instead of Eigen's, which was about 10x slower.
+* Forms chosen by map size: on maps of LARGE_MAP_SIZE and more, the separable input is repeated
+  inside the depthwise op (not kept for the backward pass) and the pools are weighted by one 1x1 conv;
+  on maps of SPLIT_SEPARABLE_MIN_SIZE and more the 3x3 and 5x5 separable ops run as separate convs.
+  Smaller maps keep the forms with fewer ops (per-op overhead dominates there).
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
 Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
-build 2 s, start-up 45 s, then 0.89 s per weight step and 0.52 s per arch step, 3.6 GiB; crop 321:
-7.2 s per weight step, 10.4 GiB, or with `recompute_levels=(0, 1)` 8.9 s and 5.7 GiB
+build 1.5 s, start-up 43 s, then 0.81 s per weight step and 0.48 s per arch step, 3.6 GiB; crop 321:
+6.0 s per weight step, 10.8 GiB, or with `recompute_levels=(0, 1)` 7.1 s and 5.9 GiB
 (bench/results.json has the current figures).
 """
 
