@@ -12,6 +12,25 @@ def _native(x, k, stride, padding):
     return tf.nn.depthwise_conv2d(x, k, [1, stride, stride, 1], padding)
 
 
+def _assert_same_values_and_gradients(ref_fn, fn, x, k, rng):
+    """ref_fn and fn (x, k) -> y agree on y and on the gradients of sum(y * dy) w.r.t. x and k.
+    Returns ([y, dx, dk] of fn, the same of ref_fn)."""
+    dy = None
+    results = []
+    for f in (ref_fn, fn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = f(x, k)
+            if dy is None:
+                dy = tf.constant(rng.standard_normal(y.shape), tf.float32)
+            loss = tf.reduce_sum(y * dy)
+        results.append([y] + tape.gradient(loss, [x, k]))
+    for ref, got, name in zip(results[0], results[1], ("output", "input grad", "kernel grad")):
+        assert ref.shape == got.shape, name
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
+    return results[1], results[0]
+
+
 @pytest.mark.parametrize("shape,ksize,stride,padding", [
     ((2, 17, 17, 6), 5, 1, "SAME"), ((1, 8, 11, 3), 5, 1, "SAME"), ((2, 9, 9, 4), 3, 1, "SAME"),
     ((2, 7, 10, 3), 3, 2, "SAME"), ((2, 1, 1, 5), 5, 1, "SAME"), ((2, 2, 3, 4), 5, 1, "SAME"),
@@ -23,20 +42,10 @@ def test_forward_and_gradients_equal_native(shape, ksize, stride, padding):
     if padding == "FIXED":  # the supernet's strided separable op: fixed padding + VALID
         x = resize.fixed_padding(x, ksize)
         padding = "VALID"
-    dy = None
-    results = []
-    for fn in (_native, depthwise.depthwise_conv2d):
-        with tf.GradientTape() as tape:
-            tape.watch([x, k])
-            y = fn(x, k, stride, padding)
-            if dy is None:
-                dy = tf.constant(rng.standard_normal(y.shape), tf.float32)
-            loss = tf.reduce_sum(y * dy)
-        results.append([y] + tape.gradient(loss, [x, k]))
-    for ref, got, name in zip(results[0], results[1], ("output", "input grad", "kernel grad")):
-        assert ref.shape == got.shape, name
-        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
-    assert float(tf.reduce_max(tf.abs(results[1][2]))) > 0.1  # the kernel gradient is not trivially zero
+    got, _ = _assert_same_values_and_gradients(lambda x, k: _native(x, k, stride, padding),
+                                               lambda x, k: depthwise.depthwise_conv2d(x, k, stride, padding),
+                                               x, k, rng)
+    assert float(tf.reduce_max(tf.abs(got[2]))) > 0.1  # the kernel gradient is not trivially zero
 
 
 @pytest.mark.parametrize("shape,groups,repeats,stride,padding", [
@@ -62,20 +71,8 @@ def test_repeated_input_equals_native_on_the_tiled_input(shape, groups, repeats,
     def repeated(x, k):
         return depthwise.depthwise_conv2d(x, k, stride, padding, groups=groups, repeats=repeats)
 
-    dy = None
-    results = []
-    for fn in (tiled_native, repeated):
-        with tf.GradientTape() as tape:
-            tape.watch([x, k])
-            y = fn(x, k)
-            if dy is None:
-                dy = tf.constant(rng.standard_normal(y.shape), tf.float32)
-            loss = tf.reduce_sum(y * dy)
-        results.append([y] + tape.gradient(loss, [x, k]))
-    for ref, got, name in zip(results[0], results[1], ("output", "input grad", "kernel grad")):
-        assert ref.shape == got.shape, name
-        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-4, err_msg=name)
-    np.testing.assert_array_equal(results[1][0].numpy(), results[0][0].numpy())  # same forward op
+    got, ref = _assert_same_values_and_gradients(tiled_native, repeated, x, k, rng)
+    np.testing.assert_array_equal(got[0].numpy(), ref[0].numpy())  # same forward op
 
 
 def test_refuses_channel_multiplier():
