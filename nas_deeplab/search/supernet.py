@@ -37,7 +37,7 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   separable layers for all consumers and both kernel sizes (3x3 zero-padded into 5x5, which is exact)
   as one depthwise + one grouped 1x1 (on the large stride-4 maps of big crops, one per kernel size),
   the two atrous convs as one conv each with the consumers' kernels concatenated on the output
-  channels, pools and skip once, and one BN per conv output.
+  channels, pools and skip once, and one BN for all conv outputs.
 * H^{l-2} is identical for every direction, so its ops run once per node and are broadcast.
 * softmax(alpha) rows are permuted once per step into "state-major" order, so every state's consumer
   weights and kernels are static slices.
@@ -200,11 +200,9 @@ def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2):
     Depthwise kernels [K, K, .., C] hold Q*C channels in (q, c) order, pointwise ones [C, .., C]."""
     K = int(dw1.shape[0])
     d1 = tf.reshape(_grouped(dw1, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1])  # (g, q, c) order
-    h, w = int(r.shape[1]), int(r.shape[2])
     groups, repeats = G, Q
-    if h < LARGE_MAP_SIZE:  # copy first: fewer ops in the gradient
-        r = tf.reshape(_repeat(tf.reshape(r, [-1, h, w, G, 1, C]), 4, Q), [-1, h, w, G * Q * C])
-        groups, repeats = 1, 1
+    if int(r.shape[1]) < LARGE_MAP_SIZE:  # copy first: fewer ops in the gradient
+        r, groups, repeats = depthwise.repeat_channels(r, G, Q), 1, 1
     if stride == 2:
         y = depthwise.depthwise_conv2d(resize.fixed_padding(r, K), d1, 2, "VALID", groups, repeats)
     else:
@@ -370,9 +368,10 @@ class Supernet(tf.Module):
         dw2 = tf.stack([tf.pad(V["sep3_dw2"], pad), V["sep5_dw2"]], axis=2)
         parts = {"dw1": tf.split(dw1, sizes, axis=3), "dw2": tf.split(dw2, sizes, axis=3),
                  "pw1": tf.split(V["sep_pw1"], sizes, axis=2), "pw2": tf.split(V["sep_pw2"], sizes, axis=2),
-                 "atr3": tf.split(V["atr3"], sizes, axis=3), "atr5": tf.split(V["atr5"], sizes, axis=3),
-                 "dw1_3": tf.split(V["sep3_dw1"], sizes, axis=2), "dw1_5": tf.split(V["sep5_dw1"], sizes, axis=2),
-                 "dw2_3": tf.split(V["sep3_dw2"], sizes, axis=2), "dw2_5": tf.split(V["sep5_dw2"], sizes, axis=2)}
+                 "atr3": tf.split(V["atr3"], sizes, axis=3), "atr5": tf.split(V["atr5"], sizes, axis=3)}
+        for kk in (3, 5):
+            for layer in (1, 2):
+                parts[f"dw{layer}_{kk}"] = tf.split(V[f"sep{kk}_dw{layer}"], sizes, axis=2)
         return {j: {k: parts[k][i] for k in parts} for i, j in enumerate(self.ranges)}
 
     def node_variables(self, l, v):

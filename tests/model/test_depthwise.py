@@ -83,3 +83,15 @@ def test_refuses_channel_multiplier():
 def test_refuses_mismatched_repeats():
     with pytest.raises(ValueError, match="repeated 3 times"):
         depthwise.depthwise_conv2d(tf.zeros([1, 5, 5, 2]), tf.zeros([3, 3, 4, 1]), repeats=3)
+
+
+def test_repeat_channels_and_its_gradient_equal_tf_tile():
+    x = tf.constant(np.random.default_rng(3).standard_normal((2, 3, 4, 6)), tf.float32)
+    g = tf.constant(np.random.default_rng(4).standard_normal((2, 3, 4, 18)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = depthwise.repeat_channels(x, 2, 3)
+        ref = tf.reshape(tf.tile(tf.reshape(x, [2, 3, 4, 2, 1, 3]), [1, 1, 1, 1, 3, 1]), [2, 3, 4, 18])
+    np.testing.assert_array_equal(got.numpy(), ref.numpy())
+    np.testing.assert_allclose(tape.gradient(got, x, output_gradients=g).numpy(),
+                               tape.gradient(ref, x, output_gradients=g).numpy(), rtol=1e-6)
