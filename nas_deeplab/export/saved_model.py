@@ -10,11 +10,10 @@ graph. Everything the official pipeline does around the network happens inside t
 1. cast to float and pad bottom/right with 127.5 (`mean_pixel` of the NAS variants) to the next
    size of the form 32k+1 (the sizes the network aligns cleanly on, spec 1.7), or to a fixed
    `crop_size` as the official exporter does;
-2. for each inference scale: bilinear resize (align_corners) of the padded image to
-   `scale_dimension(size, s)`, the network (inference mode: moving BN statistics, no dropout or drop
-   path), optionally also on the left-right flipped image (flipped back), logits resized back to the
-   padded size, softmax; the probabilities of all passes are averaged
-   (`model.predict_labels_multi_scale`);
+2. the network (inference mode: moving BN statistics, no dropout or drop path) on the padded
+   image; with several inference scales or flips, on each scaled (and flipped) image, the softmax
+   probabilities of all passes averaged, resampled as official `predict_labels_multi_scale`
+   (`model/inference.py`, shared with evaluation);
 3. crop back to H x W; predictions = argmax (of the logits for a single pass, as
    `model.predict_labels` does).
 
@@ -31,7 +30,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from nas_deeplab import resize
+from nas_deeplab.model import inference
 from nas_deeplab.io_utils import OutputError, atomic_directory
 
 INPUT_NAME = "ImageTensor"
@@ -72,7 +71,9 @@ class SegmentationServer(tf.Module):
         # Only the variables are tracked, not the Keras model: SavedModel tracking does not see
         # Keras 3 layers kept in Python lists (their variables would be dropped), and saving the
         # model object would also try to serialise whatever tf.functions it carries.
-        self._keras_call = lambda images: model(images, training=False)   # plain callable: untracked
+        self._keras_call = lambda images: model(images, training=False)   # plain callables: untracked
+        self._probabilities = lambda images: inference.predict_probabilities(
+            model, images, self.inference_scales, self.add_flipped_images)
         # The tf.Variables themselves (`.value`), not Keras 3 variable wrappers: a wrapper is saved
         # as its own object, which TF1-style loaders (saved_model_cli run, TF Serving) cannot bind
         # to the graph's variable reads ("Could not find variable ...").
@@ -109,29 +110,12 @@ class SegmentationServer(tf.Module):
                 ph = tf.identity(ph)
         padded = tf.pad(tf.cast(images, tf.float32), [[0, 0], [0, ph - h], [0, pw - w], [0, 0]],
                         constant_values=PAD_VALUE)
-        passes = []  # logits at the padded size
-        for scale in self.inference_scales:
-            if scale == 1.0:
-                scaled = padded
-            else:
-                scaled = resize.resize_bilinear(
-                    padded, (resize.scale_dimension(ph, scale), resize.scale_dimension(pw, scale)))
-            variants = [(scaled, False)] + ([(tf.reverse(scaled, [2]), True)]
-                                            if self.add_flipped_images else [])
-            for image, flipped in variants:
-                logits = self._logits(image)
-                if flipped:
-                    logits = tf.reverse(logits, [2])
-                if scale != 1.0:
-                    logits = resize.resize_bilinear(logits, (ph, pw))
-                passes.append(logits)
-        if len(passes) == 1:
-            logits = passes[0][:, :h, :w, :]
+        if inference.is_single_scale(self.inference_scales, self.add_flipped_images):
+            logits = self._logits(padded)[:, :h, :w, :]
             probabilities = tf.nn.softmax(logits)
             predictions = tf.argmax(logits, axis=3, output_type=tf.int32)
         else:
-            probabilities = tf.add_n([tf.nn.softmax(p) for p in passes]) / float(len(passes))
-            probabilities = probabilities[:, :h, :w, :]
+            probabilities = self._probabilities(padded)[:, :h, :w, :]
             predictions = tf.argmax(probabilities, axis=3, output_type=tf.int32)
         return predictions, probabilities
 

@@ -2,9 +2,8 @@
 
 Each image is evaluated alone (batch 1), padded (127.5 / ignore label) to its own 32k+1 size or to
 `eval_crop_size`; predictions are cropped back to the image. With several `eval_scales` and/or
-`add_flipped_images`, the padded image is resized by each scale (bilinear, align_corners, official
-`scale_dimension`), the logits are resized back to the padded size, and the softmax probabilities of
-all scales (and flips) are averaged before the argmax, as in official `predict_labels_multi_scale`.
+`add_flipped_images`, the softmax probabilities of all scales (and flips) are averaged before the
+argmax, resampled exactly as official `predict_labels_multi_scale` (`model/inference.py`).
 The confusion matrix skips the ignore label; mIoU, per-class IoU and pixel accuracy come from it.
 """
 
@@ -19,8 +18,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from nas_deeplab import resize
 from nas_deeplab.io_utils import atomic_write_text, check_writable_dir
+from nas_deeplab.model import inference
 from nas_deeplab.training import checkpointing, metrics
 from nas_deeplab.training.model_config import ModelConfig
 
@@ -56,29 +55,11 @@ class EvalConfig:
             raise ValueError(f"--eval_interval_secs must be >= 0, got {self.eval_interval_secs}")
 
 
-def predict_probabilities(model, image, scales=(1.0,), add_flipped_images=False):
-    """Softmax probabilities [1, H, W, C] of a padded image [1, H, W, 3], averaged over scales/flips."""
-    h, w = resize.spatial_size(image)
-    probs = []
-    for s in scales:
-        x = image if s == 1.0 else resize.resize_bilinear(
-            image, (resize.scale_dimension(h, s), resize.scale_dimension(w, s)))
-        variants = [(x, False)] + ([(tf.reverse(x, axis=[2]), True)] if add_flipped_images else [])
-        for xi, flipped in variants:
-            logits = model(xi, training=False)
-            if flipped:
-                logits = tf.reverse(logits, axis=[2])
-            if s != 1.0:
-                logits = resize.resize_bilinear(logits, (h, w))
-            probs.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1))
-    return probs[0] if len(probs) == 1 else tf.add_n(probs) / float(len(probs))
-
-
 def make_predict_fn(model, scales, add_flipped_images):
     """A tf.function over [1, None, None, 3] images (one trace for all sizes): (predictions, probs)."""
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)], reduce_retracing=True)
     def predict(image):
-        p = predict_probabilities(model, image, tuple(scales), add_flipped_images)
+        p = inference.predict_probabilities(model, image, tuple(scales), add_flipped_images)
         return tf.argmax(p, axis=-1, output_type=tf.int32), p
     return predict
 

@@ -194,21 +194,23 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
 def test_multi_scale_and_flip_average_probabilities_at_the_padded_size(run_dir):
     _, model, _ = run_dir
     images = _images(1, 25, 35, seed=4)
-    server = sm.SegmentationServer(model, NUM_CLASSES, inference_scales=(0.5, 1.0), add_flipped_images=True)
+    server = sm.SegmentationServer(model, NUM_CLASSES, inference_scales=(0.75, 1.0), add_flipped_images=True)
     pred, probs = server.predict(tf.constant(images))
     ph, pw = sm.padded_length(30), sm.padded_length(35)
     padded = np.pad(images.astype(np.float32), [[0, 0], [0, ph - 25], [0, pw - 35], [0, 0]],
                     constant_values=127.5)
     assert (ph, pw) == (33, 65)
-    half = tf.compat.v1.image.resize_bilinear(padded, [17, 33], align_corners=True)  # (d - 1) * 0.5 + 1
+    # Official predict_labels_multi_scale: flip, scale the image, logits (stride 4) resized to the
+    # logits grid of the image at max(1, s), flipped back, resized to the padded size.
+    resize_ac = lambda x, size: tf.compat.v1.image.resize_bilinear(x, size, align_corners=True)  # noqa: E731
     passes = []
-    for img in (half, padded):
+    for scale, size, grid in ((0.75, [25, 49], [9, 17]), (1.0, [ph, pw], [9, 17])):  # (d - 1) * s + 1
         for flip in (False, True):
-            x = img[:, :, ::-1] if flip else img
-            logits = model(tf.constant(x), training=False).numpy()
+            x = padded[:, :, ::-1] if flip else padded
+            x = resize_ac(x, size) if scale != 1.0 else tf.constant(x)
+            logits = resize_ac(model.end_points(x, training=False)["logits"], grid).numpy()
             logits = logits[:, :, ::-1] if flip else logits
-            logits = tf.compat.v1.image.resize_bilinear(logits, [ph, pw], align_corners=True)
-            passes.append(tf.nn.softmax(logits).numpy())
+            passes.append(tf.nn.softmax(resize_ac(logits, [ph, pw])).numpy())
     want = np.mean(passes, axis=0)[:, :25, :35]
     np.testing.assert_allclose(probs.numpy(), want, atol=1e-5)
     np.testing.assert_array_equal(pred.numpy(), want.argmax(-1))

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nas_deeplab import resize
 from nas_deeplab.training import evaluator, metrics
 from nas_deeplab.training.vis import colorize
 
@@ -22,20 +21,13 @@ def _image(h=33, w=41, seed=0):
     return tf.constant(np.random.RandomState(seed).uniform(0, 255, (1, h, w, 3)).astype(np.float32))
 
 
-def test_multi_scale_and_flip_average_softmax_probabilities():
+def test_predict_fn_single_scale_is_the_softmax_of_the_model_output():
+    """(The multi-scale resampling itself is tested in tests/model/test_inference.py.)"""
     model, x = _pointwise_model(), _image()
-    single = evaluator.predict_probabilities(model, x).numpy()
-    np.testing.assert_allclose(single, tf.nn.softmax(model(x)).numpy(), rtol=1e-6)
-    # The multi-scale/flip path with scale 1 (twice) and a flip-equivariant model == single scale.
-    np.testing.assert_allclose(evaluator.predict_probabilities(model, x, (1.0, 1.0), True).numpy(),
-                               single, rtol=1e-5, atol=1e-7)
-    # Two scales: the average of each scale's softmax, logits resized back with align_corners.
-    small = resize.resize_bilinear(x, (resize.scale_dimension(33, 0.5), resize.scale_dimension(41, 0.5)))
-    p_small = tf.nn.softmax(resize.resize_bilinear(model(small), (33, 41))).numpy()
-    got = evaluator.predict_probabilities(model, x, (0.5, 1.0)).numpy()
-    np.testing.assert_allclose(got, (p_small + single) / 2, rtol=1e-5, atol=1e-7)
-    assert got.shape == (1, 33, 41, 5)
-    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+    pred, probs = evaluator.make_predict_fn(model, (1.0,), False)(x)
+    np.testing.assert_allclose(probs.numpy(), tf.nn.softmax(model(x)).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(pred.numpy(), np.argmax(model(x).numpy(), -1))
+    assert probs.shape == (1, 33, 41, 5)
 
 
 def test_predictions_are_cropped_to_the_image_before_scoring():
