@@ -86,13 +86,12 @@ def run(f, stream=None) -> int:
         cfg = eval_config_from_flags(f)
         cfg.validate()
         res = evaluate(cfg, stream=stream)
-    except Exception as e:  # noqa: BLE001
-        if isinstance(e, (ValueError, FileNotFoundError, OSError)) or "DataError:" in str(e) or \
-                type(e).__name__ in ("CheckpointMismatchError", "CheckpointError", "DataError"):
-            msg = (getattr(e, "message", None) or str(e)).strip()
-            print(f"eval.py: error: {msg}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as e:  # noqa: BLE001  one clear line for known user errors
+        msg = flags_common.user_error_message(e)
+        if msg is None:
+            raise
+        print(f"eval.py: error: {msg}", file=sys.stderr)
+        return 2
     if res:
         print(f"mIoU: {res['miou']:.4f} (results in {res['results_json']})", file=stream, flush=True)
     return 0

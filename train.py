@@ -175,26 +175,12 @@ def run(f, stream=None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 3
     except Exception as e:  # noqa: BLE001  one clear line for known user errors
-        if _is_user_error(e):
-            print(f"train.py: error: {_message(e)}", file=sys.stderr)
-            return 2
-        raise
+        msg = flags_common.user_error_message(e)
+        if msg is None:
+            raise
+        print(f"train.py: error: {msg}", file=sys.stderr)
+        return 2
     return 0
-
-
-def _message(e: Exception) -> str:
-    msg = (getattr(e, "message", None) or str(e)).strip()
-    if "DataError:" in msg:
-        msg = msg[msg.index("DataError:"):].splitlines()[0]
-    return msg
-
-
-def _is_user_error(e: Exception) -> bool:
-    from nas_deeplab.io_utils import OutputError
-    from nas_deeplab.training.checkpointing import CheckpointMismatchError
-    names = {type(c).__name__ for c in type(e).__mro__}
-    return isinstance(e, (ValueError, OutputError, CheckpointMismatchError, FileNotFoundError)) or \
-        "DataError" in names or "CheckpointError" in names or "DataError:" in str(e)
 
 
 def run_main():

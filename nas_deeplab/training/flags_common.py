@@ -182,3 +182,19 @@ def resize_options_from_flags(flag_values=flags.FLAGS) -> dict:
     f = flag_values
     return {"min_resize_value": f.min_resize_value, "max_resize_value": f.max_resize_value,
             "resize_factor": f.resize_factor}
+
+
+def user_error_message(exc: Exception) -> str | None:
+    """The one-line message a CLI prints (exit status 2) for an error the user can fix (bad flag,
+    data, checkpoint or output folder), or None for anything else (a bug: let the traceback show).
+    A DataError raised inside tf.data reaches Python wrapped in a TF error; its line is picked out."""
+    from nas_deeplab.io_utils import OutputError  # noqa: PLC0415 (keep the flag module light)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc)
+    if not (isinstance(exc, (ValueError, OSError, OutputError)) or "DataError:" in text
+            or names & {"DataError", "CheckpointError", "CheckpointMismatchError"}):
+        return None
+    msg = (getattr(exc, "message", None) or text).strip()
+    if "DataError:" in msg:
+        msg = msg[msg.index("DataError:"):].splitlines()[0]
+    return msg
