@@ -1,29 +1,13 @@
-"""Helpers shared by the export tests: a tiny stand-in segmentation model and the TSV readers."""
-
-import os
+"""Helpers shared by the export tests: a tiny stand-in segmentation model and the TSV reader."""
 
 import keras
 import numpy as np
-import pytest
+import spec_tables
 import tensorflow as tf
 
 from nas_deeplab import resize
 
-SPEC_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "spec")
-
-
-def read_tsv(name):
-    """[(name, shape tuple)] from an official variable list, in file (creation) order; skips, like
-    tests/model's `official_vars`, when the clone has no ../shared/spec beside it."""
-    if not os.path.isdir(SPEC_DIR):
-        pytest.skip(f"official variable lists not available: {os.path.abspath(SPEC_DIR)} is absent")
-    rows = []
-    with open(os.path.join(SPEC_DIR, name), encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                n, shape = line.rstrip("\n").split("\t")
-                rows.append((n, tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())))
-    return rows
+read_tsv = spec_tables.official_vars  # [(name, shape tuple)], skips without ../shared/spec
 
 
 class _ResizeLike(keras.layers.Layer):

@@ -1,28 +1,13 @@
 """Shared, session-cached models for the network tests (building a full model costs seconds)."""
 
-import os
-
 import pytest
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SPEC_DIR = os.path.join(REPO_ROOT, "..", "shared", "spec")
+import spec_tables
 
 
 @pytest.fixture(scope="session")
 def official_vars():
-    """official_vars(filename) -> [(name, shape list)] from a spec TSV; skips when absent."""
-    def read(filename):
-        if not os.path.isdir(SPEC_DIR):
-            pytest.skip("official variable lists not available: "
-                        f"{os.path.abspath(SPEC_DIR)} is absent")
-        out = []
-        with open(os.path.join(SPEC_DIR, filename), encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    name, shape = line.rstrip("\n").split("\t")
-                    out.append((name, [int(d) for d in shape.strip("[]").split(",") if d.strip()]))
-        return out
-    return read
+    """official_vars(filename) -> [(name, shape tuple)] from a spec TSV; skips when absent."""
+    return spec_tables.official_vars
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def test_backbone_param_count_f20(backbone_f20):
 
 
 def _names_shapes(model):
-    return [(k, [int(d) for d in v.shape]) for k, v in official_variable_map(model).items()]
+    return [(k, tuple(int(d) for d in v.shape)) for k, v in official_variable_map(model).items()]
 
 
 def test_official_names_f20(backbone_f20, official_vars):

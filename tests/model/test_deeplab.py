@@ -29,7 +29,7 @@ def test_param_count_m_l_regular_heads(preset, expected, backbone):
 
 
 def test_official_names_full_model(deeplab_s_separable, official_vars):
-    got = [(k, [int(d) for d in v.shape]) for k, v in official_variable_map(deeplab_s_separable).items()]
+    got = [(k, tuple(int(d) for d in v.shape)) for k, v in official_variable_map(deeplab_s_separable).items()]
     assert got == official_vars("official_deeplab_hnasnet_full_vars_f20.tsv")
     assert len(got) == len(deeplab_s_separable.variables)
 
