@@ -37,7 +37,7 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   separable layers for all consumers and both kernel sizes (3x3 zero-padded into 5x5, which is exact)
   as one depthwise + one grouped 1x1 (on the large stride-4 maps of big crops, one per kernel size),
   the two atrous convs as one conv each with the consumers' kernels concatenated on the output
-  channels, pools and skip once, and one BN for all conv outputs.
+  channels, pools and skip once, and the BNs of all consumers at once.
 * H^{l-2} is identical for every direction, so its ops run once per node and are broadcast.
 * softmax(alpha) rows are permuted once per step into "state-major" order, so every state's consumer
   weights and kernels are static slices.
@@ -50,7 +50,9 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
 * The max pool's gradient recomputes the pool next to MaxPoolGrad (`model/max_pool.py`), so TF runs
   oneDNN's kernel instead of Eigen's, which was about 10x slower.
 * Forms chosen by map size: on maps of LARGE_MAP_SIZE and more, the separable input is repeated
-  inside the depthwise op (not kept for the backward pass) and the pools are weighted by one 1x1 conv;
+  inside the depthwise op (not kept for the backward pass) and the pools are weighted by one 1x1
+  conv; on maps of PER_OUTPUT_BN_MIN_SIZE and more each conv output has its own BN (smaller maps:
+  one BN over all of them);
   on maps of SPLIT_SEPARABLE_MIN_SIZE and more the 3x3 and 5x5 separable ops run as separate convs.
   Smaller maps keep the forms with fewer ops (per-op overhead dominates there).
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
@@ -83,6 +85,8 @@ SPLIT_SEPARABLE_MIN_SIZE = 64
 # depthwise op, the pools weighted by a 1x1 conv. On smaller maps per-op overhead dominates (the crop-65
 # weight step was 0.8 s with the fewer-op forms, 1.0 s with these).
 LARGE_MAP_SIZE = 32
+# Maps at least this size give each conv output of a mixed op its own BN (see mixed_ops).
+PER_OUTPUT_BN_MIN_SIZE = 32
 NUM_OPS = len(architecture.OP_VOCABULARY)
 # Column indices into softmax(alpha) (the order of architecture.OP_VOCABULARY).
 _SEP3, _SEP5, _ATR3, _ATR5, _AVG, _MAX, _SKIP, _ZERO = range(8)
@@ -491,19 +495,36 @@ class Supernet(tf.Module):
         else:
             a3 = _conv(r, _grouped(k["atr3"], [3, 3, C, n * C], G), rate=2)
             a5 = _conv(r, _grouped(k["atr5"], [5, 5, C, n * C], G), rate=2)
-        # One BN for every conv output (statistics are per channel, so per op and direction), its
-        # per-channel scale = the consumer's alpha weight; then the sum over the ops.
+        # BN of the conv outputs (statistics are per channel, so per op and direction), its
+        # per-channel scale = the consumer's alpha weight; then the sum over the ops. Small maps: one
+        # BN over the concatenated outputs (fewest ops); large maps: one BN per output, which saves
+        # the concat and, in the backward pass, the copies that tile the sum's gradient and slice
+        # the concat's. Node bench (crop 321, one thread): 81x81 nodes 8-12% faster, 41x41 4%,
+        # 21x21 no gain; whole crop-321 step (alternating in one process): weight 6.66 -> 6.12 s,
+        # arch 3.56 -> 3.33 s; crop 129 unchanged.
         terms = seps + [(a3, w["conv4"][2:3]), (a5, w["conv4"][3:4])]
         if stride == 2:
             # strided skip (official 'none' with stride): ReLU -> 1x1 stride 2 -> BN.
             sk = _conv(r, tf.reshape(skip_kernel, [1, 1, C, n * C]), stride=2)
             terms.append((sk, w["skip"]))
-        wrows = tf.concat([wr for _, wr in terms], axis=0)  # [ops, n], in the order of the parts
-        nconv = int(wrows.shape[0])
-        scale = tf.reshape(_repeat(_repeat(tf.reshape(wrows, [1, nconv * n, 1]), 0, G), 2, C), [-1])
-        parts = [tf.reshape(t, [-1, ho, wo, G, int(wr.shape[0]) * n * C]) for t, wr in terms]
-        z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), scale)
-        out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
+
+        def bn_scale(wr):  # per-channel BN scale: the consumers' weights, for each direction
+            k = int(wr.shape[0])
+            return tf.reshape(_repeat(_repeat(tf.reshape(wr, [1, k * n, 1]), 0, G), 2, C), [-1])
+
+        if ho >= PER_OUTPUT_BN_MIN_SIZE:  # no concat, no slicing of its gradient
+            out = None
+            for t, wr in terms:
+                k, z = int(wr.shape[0]), _fbn(t, bn_scale(wr))
+                z = (tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, k, n, C]), axis=4) if k > 1
+                     else tf.reshape(z, [-1, ho, wo, G, n, C]))
+                out = z if out is None else out + z
+        else:
+            wrows = tf.concat([wr for _, wr in terms], axis=0)  # [ops, n], in the order of the parts
+            nconv = int(wrows.shape[0])
+            parts = [tf.reshape(t, [-1, ho, wo, G, int(wr.shape[0]) * n * C]) for t, wr in terms]
+            z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), bn_scale(wrows))
+            out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
         pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
         if stride == 1:

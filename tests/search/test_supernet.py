@@ -45,8 +45,10 @@ def test_fast_mixed_op_equals_weighted_sum_of_official_ops(stride, state, filter
                                                            monkeypatch):
     """Every form the supernet picks by size: split (separable 3x3 and 5x5 as one shared 5x5 conv or
     one conv each), large (maps >= LARGE_MAP_SIZE: repeat inside the depthwise op, pools weighted by
-    a 1x1 conv when C < 32; filters 2 -> C = 4, 16 -> C = 32)."""
+    a 1x1 conv when C < 32; PER_OUTPUT_BN_MIN_SIZE: one BN per conv output; filters 2 -> C = 4,
+    16 -> C = 32)."""
     monkeypatch.setattr(supernet, "LARGE_MAP_SIZE", 1 if large else 10 ** 6)
+    monkeypatch.setattr(supernet, "PER_OUTPUT_BN_MIN_SIZE", 1 if large else 10 ** 6)
     net = _tiny(filter_multiplier=filters)
     l, v = 2, 1  # has a downsample direction -> skip_stride exists
     assert any(k == trellis.DOWN for _, k in trellis.incoming(l, v))
