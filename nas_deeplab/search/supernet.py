@@ -57,9 +57,9 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   Smaller maps keep the forms with fewer ops (per-op overhead dominates there).
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
 Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
-build 1.5 s, start-up 43 s, then 0.81 s per weight step and 0.48 s per arch step, 3.6 GiB; crop 321:
-6.0 s per weight step, 10.8 GiB, or with `recompute_levels=(0, 1)` 7.1 s and 5.9 GiB
-(bench/results.json has the current figures).
+build 1.5 s, start-up 43-48 s, then 0.8-0.9 s per weight step and 0.5 s per arch step, 3.7 GiB;
+crop 321: 6.0 s per weight step, 9.8 GiB, or with `recompute_levels=(0, 1)` 6.7 s and 5.9 GiB
+(bench/results.json has the current figures; this machine's speed drifts 10-20% by the day).
 """
 
 from __future__ import annotations
