@@ -87,11 +87,7 @@ def run(f, stream=None) -> int:
         cfg.validate()
         res = evaluate(cfg, stream=stream)
     except Exception as e:  # noqa: BLE001  one clear line for known user errors
-        msg = flags_common.user_error_message(e)
-        if msg is None:
-            raise
-        print(f"eval.py: error: {msg}", file=sys.stderr)
-        return 2
+        return flags_common.report_user_error(e, "eval.py")
     if res:
         print(f"mIoU: {res['miou']:.4f} (results in {res['results_json']})", file=stream, flush=True)
     return 0

@@ -175,11 +175,7 @@ def run(f, stream=None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 3
     except Exception as e:  # noqa: BLE001  one clear line for known user errors
-        msg = flags_common.user_error_message(e)
-        if msg is None:
-            raise
-        print(f"train.py: error: {msg}", file=sys.stderr)
-        return 2
+        return flags_common.report_user_error(e, "train.py")
     return 0
 
 

@@ -7,6 +7,8 @@ Names and forms follow official DeepLab (`--atrous_rates=12 --atrous_rates=24 ..
 
 from __future__ import annotations
 
+import sys
+
 from absl import flags
 
 from nas_deeplab.training.model_config import ModelConfig
@@ -198,3 +200,13 @@ def user_error_message(exc: Exception) -> str | None:
     if "DataError:" in msg:
         msg = msg[msg.index("DataError:"):].splitlines()[0]
     return msg
+
+
+def report_user_error(exc: Exception, program: str) -> int:
+    """For a CLI's `except Exception`: print "<program>: error: <message>" to stderr and return exit
+    status 2 for a user error (`user_error_message`); re-raise anything else with its traceback."""
+    msg = user_error_message(exc)
+    if msg is None:
+        raise exc
+    print(f"{program}: error: {msg}", file=sys.stderr)
+    return 2

@@ -23,3 +23,10 @@ def test_user_errors_become_one_line(exc, want):
 @pytest.mark.parametrize("exc", [RuntimeError("bug"), KeyError("k"), tf.errors.InternalError(None, None, "oom")])
 def test_other_errors_are_not_user_errors(exc):
     assert flags_common.user_error_message(exc) is None
+
+
+def test_report_user_error_prints_one_line_or_reraises(capsys):
+    assert flags_common.report_user_error(flags_common.FlagError("--crop_size: bad"), "train.py") == 2
+    assert capsys.readouterr().err == "train.py: error: --crop_size: bad\n"
+    with pytest.raises(RuntimeError, match="bug"):
+        flags_common.report_user_error(RuntimeError("bug"), "eval.py")
