@@ -142,6 +142,17 @@ def test_official_checkpoint_round_trip_is_exact_and_matches_the_tf1_graph(run_d
 
 # -- SavedModel --------------------------------------------------------------------------------------
 
+def _assert_predictions_match_logits(pred, logits, margin=1e-4):  # logits or probabilities
+    """pred == argmax(logits), except where two classes are within `margin` (the served graph and the
+    Keras model sum in different orders, ~1e-5 apart): there any class that close to the top counts."""
+    top = logits.max(-1, keepdims=True)
+    picked = np.take_along_axis(logits, pred[..., None].astype(np.int64), axis=-1)
+    assert np.all(picked >= top - margin), "a prediction is not (one of) the top-scoring classes"
+    clear = np.sort(logits, -1)[..., -2] < top[..., 0] - margin
+    np.testing.assert_array_equal(pred[clear], logits.argmax(-1)[clear])
+
+
+
 def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_runs_in_saved_model_cli(
         run_dir, served, tmp_path):
     _, model, arch = run_dir
@@ -156,7 +167,7 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
         assert out["SemanticProbabilities"].shape == (2,) + size + (NUM_CLASSES,)
         np.testing.assert_allclose(out["SemanticProbabilities"].numpy(), tf.nn.softmax(logits).numpy(),
                                    atol=1e-5)
-        np.testing.assert_array_equal(out["SemanticPredictions"].numpy(), logits.argmax(-1))
+        _assert_predictions_match_logits(out["SemanticPredictions"].numpy(), logits)
     assert len(loaded.model_variables) == len(model.variables)
 
     stored_arch = json.loads(sm.read_asset(result.path, "architecture.json"))
@@ -187,7 +198,7 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
     pred = np.load(tmp_path / "out" / "SemanticPredictions.npy")
     probs = np.load(tmp_path / "out" / "SemanticProbabilities.npy")
     logits = _padded_logits(run_dir[1], images)
-    np.testing.assert_array_equal(pred, logits.argmax(-1))
+    _assert_predictions_match_logits(pred, logits)
     np.testing.assert_allclose(probs, tf.nn.softmax(logits).numpy(), atol=1e-5)
 
 
@@ -213,7 +224,7 @@ def test_multi_scale_and_flip_average_probabilities_at_the_padded_size(run_dir):
             passes.append(tf.nn.softmax(resize_ac(logits, [ph, pw])).numpy())
     want = np.mean(passes, axis=0)[:, :25, :35]
     np.testing.assert_allclose(probs.numpy(), want, atol=1e-5)
-    np.testing.assert_array_equal(pred.numpy(), want.argmax(-1))
+    _assert_predictions_match_logits(pred.numpy(), want)  # (probabilities: the same argmax rule)
 
 
 # -- bad input -----------------------------------------------------------------------------------------
