@@ -76,7 +76,10 @@ def main(argv):
         cfg = searcher.SearchConfig(output_dir=tempfile.mkdtemp(prefix="ab_search_"), crop_size=FLAGS.crop,
                                     batch_size=2, num_layers=12, num_blocks=5, filter_multiplier=8, epochs=1,
                                     steps_per_epoch=1, arch_start_epoch=0, strategy="one_device", val_steps=0)
-        s = searcher.Searcher(cfg, log=lambda *a, **k: None)
+        try:
+            s = searcher.Searcher(cfg, log=lambda *a, **k: None)
+        except ValueError as e:  # the search's own checks (crop size ...), named for this tool's flags
+            raise app.UsageError(f"--crop={FLAGS.crop}: {e}") from None
         batch = next(s._dataset("trainA" if FLAGS.step == "weight" else "trainB", 0))  # noqa: SLF001
         step = s.weight_step if FLAGS.step == "weight" else s.arch_step
         saved = [(m, a, getattr(m, a)) for m, a, _ in patches]

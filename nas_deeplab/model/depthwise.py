@@ -30,6 +30,14 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _sum_copies(g, groups: int, repeats: int):
+    """[..., G*Q*C] -> [..., G*C]: the gradient of `repeat_channels`, a sum over the Q copies."""
+    lead = [int(d) for d in g.shape[:-1]]
+    c = int(g.shape[-1]) // (groups * repeats)
+    return tf.reshape(tf.reduce_sum(tf.reshape(g, lead + [groups, repeats, c]), axis=-2),
+                      lead + [groups * c])
+
+
 def repeat_channels(x, groups: int, repeats: int):
     """[..., G*C] -> [..., G*Q*C]: each of the G channel groups repeated Q times in place. Its gradient
     is one sum over the copies (TF's generic TileGrad builds about ten dynamic-shape ops)."""
@@ -41,8 +49,7 @@ def repeat_channels(x, groups: int, repeats: int):
     @tf.custom_gradient
     def repeat(x):
         def grad(g):
-            return tf.reshape(tf.reduce_sum(tf.reshape(g, lead + [groups, repeats, c]), axis=-2),
-                              lead + [groups * c])
+            return _sum_copies(g, groups, repeats)
         t = tf.tile(tf.reshape(x, lead + [groups, 1, c]), [1] * len(lead) + [1, repeats, 1])
         return tf.reshape(t, lead + [groups * repeats * c]), grad
 
@@ -94,10 +101,8 @@ def depthwise_conv2d(x, kernel, stride: int = 1, padding: str = "SAME", groups: 
         def grad(dy):
             shape = [int(d) for d in x.shape[:-1]] + [int(kernel.shape[2])]
             dx = tf.nn.depthwise_conv2d_backprop_input(shape, kernel, dy, strides, padding)
-            if repeats > 1:  # the gradient of repeat_channels: a sum over the copies
-                c = int(x.shape[-1]) // groups
-                dx = tf.reduce_sum(tf.reshape(dx, shape[:3] + [groups, repeats, c]), axis=4)
-                dx = tf.reshape(dx, shape[:3] + [groups * c])
+            if repeats > 1:
+                dx = _sum_copies(dx, groups, repeats)
             return dx, _filter_gradient(x, dy, ksize, stride, padding, groups, repeats)
 
         return y, grad

@@ -51,10 +51,9 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   oneDNN's kernel instead of Eigen's, which was about 10x slower.
 * Forms chosen by map size: on maps of LARGE_MAP_SIZE and more, the separable input is repeated
   inside the depthwise op (not kept for the backward pass) and the pools are weighted by one 1x1
-  conv; on maps of PER_OUTPUT_BN_MIN_SIZE and more each conv output has its own BN (smaller maps:
-  one BN over all of them);
-  on maps of SPLIT_SEPARABLE_MIN_SIZE and more the 3x3 and 5x5 separable ops run as separate convs.
-  Smaller maps keep the forms with fewer ops (per-op overhead dominates there).
+  conv; on maps of PER_OUTPUT_BN_MIN_SIZE and more each conv output has its own BN; on maps of
+  SPLIT_SEPARABLE_MIN_SIZE and more the 3x3 and 5x5 separable ops run as separate convs. Smaller
+  maps keep the forms with fewer ops (per-op overhead dominates there).
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
 Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
 build 1.5 s, start-up 43-48 s, then 0.8-0.9 s per weight step and 0.5 s per arch step, 3.7 GiB;
@@ -85,7 +84,10 @@ SPLIT_SEPARABLE_MIN_SIZE = 64
 # depthwise op, the pools weighted by a 1x1 conv. On smaller maps per-op overhead dominates (the crop-65
 # weight step was 0.8 s with the fewer-op forms, 1.0 s with these).
 LARGE_MAP_SIZE = 32
-# Maps at least this size give each conv output of a mixed op its own BN (see mixed_ops).
+# Maps at least this size give each conv output of a mixed op its own BN instead of one BN over their
+# concatenation: no concat, and in the backward pass no tiled copy of the sum's gradient and no slices
+# of the concat's. Node bench (crop 321, one thread): 81x81 nodes 8-12% faster, 41x41 4%, 21x21 no
+# gain; whole crop-321 step (bench/ab_search.py): weight 6.66 -> 6.12 s, arch 3.56 -> 3.33 s.
 PER_OUTPUT_BN_MIN_SIZE = 32
 NUM_OPS = len(architecture.OP_VOCABULARY)
 # Column indices into softmax(alpha) (the order of architecture.OP_VOCABULARY).
@@ -496,12 +498,8 @@ class Supernet(tf.Module):
             a3 = _conv(r, _grouped(k["atr3"], [3, 3, C, n * C], G), rate=2)
             a5 = _conv(r, _grouped(k["atr5"], [5, 5, C, n * C], G), rate=2)
         # BN of the conv outputs (statistics are per channel, so per op and direction), its
-        # per-channel scale = the consumer's alpha weight; then the sum over the ops. Small maps: one
-        # BN over the concatenated outputs (fewest ops); large maps: one BN per output, which saves
-        # the concat and, in the backward pass, the copies that tile the sum's gradient and slice
-        # the concat's. Node bench (crop 321, one thread): 81x81 nodes 8-12% faster, 41x41 4%,
-        # 21x21 no gain; whole crop-321 step (alternating in one process): weight 6.66 -> 6.12 s,
-        # arch 3.56 -> 3.33 s; crop 129 unchanged.
+        # per-channel scale = the consumer's alpha weight; then the sum over the ops. One BN per
+        # output on large maps (PER_OUTPUT_BN_MIN_SIZE), else one over their concatenation.
         terms = seps + [(a3, w["conv4"][2:3]), (a5, w["conv4"][3:4])]
         if stride == 2:
             # strided skip (official 'none' with stride): ReLU -> 1x1 stride 2 -> BN.
@@ -509,14 +507,14 @@ class Supernet(tf.Module):
             terms.append((sk, w["skip"]))
 
         def bn_scale(wr):  # per-channel BN scale: the consumers' weights, for each direction
-            k = int(wr.shape[0])
-            return tf.reshape(_repeat(_repeat(tf.reshape(wr, [1, k * n, 1]), 0, G), 2, C), [-1])
+            ops = int(wr.shape[0])
+            return tf.reshape(_repeat(_repeat(tf.reshape(wr, [1, ops * n, 1]), 0, G), 2, C), [-1])
 
-        if ho >= PER_OUTPUT_BN_MIN_SIZE:  # no concat, no slicing of its gradient
+        if ho >= PER_OUTPUT_BN_MIN_SIZE:
             out = None
             for t, wr in terms:
-                k, z = int(wr.shape[0]), _fbn(t, bn_scale(wr))
-                z = (tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, k, n, C]), axis=4) if k > 1
+                ops, z = int(wr.shape[0]), _fbn(t, bn_scale(wr))
+                z = (tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, ops, n, C]), axis=4) if ops > 1
                      else tf.reshape(z, [-1, ho, wo, G, n, C]))
                 out = z if out is None else out + z
         else:
