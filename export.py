@@ -11,7 +11,8 @@ checkpoint (the kind is detected; for an official one the restored / not restore
 listed). The architecture, number of classes and head options come from the run's
 checkpoint_meta.json (or the official checkpoint's shapes); flags given explicitly must agree.
 The SavedModel's `serving_default` signature takes `ImageTensor` uint8 [N, H, W, 3] of any size and
-returns `SemanticPredictions` int32 [N, H, W] and `SemanticProbabilities` float32 [N, H, W, C].
+returns `SemanticPredictions` int32 [N, H, W] and `SemanticProbabilities` float32 [N, H, W, C]; its
+`predict_labels` signature returns `SemanticPredictions` only (no per-pixel softmax, no float output).
 """
 
 from __future__ import annotations

@@ -50,6 +50,22 @@ def time_calls(fn, warmup: int = 1, repeats: int = 5) -> list[float]:
     return times
 
 
+def time_interleaved(calls: dict, warmup: int = 1, repeats: int = 5) -> dict[str, list[float]]:
+    """Like `time_calls` for several callables, one call of each per round and the order reversed
+    every other round, so slow drift of the machine's speed hits them alike."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in calls}
+    for r in range(repeats):
+        order = list(calls.items())
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def graph_flops(concrete_fn) -> float | None:
     """Float ops of a concrete function's graph (TF profiler, 2 per multiply-add), or None."""
     try:

@@ -125,6 +125,9 @@ def bench_train(crop: int, repeats: int) -> list[dict]:
 
 
 def bench_inference(repeats: int) -> list[dict]:
+    """The exported SavedModel (both signatures), the official-style TF1 graph of the same network and
+    the conv-peak yardstick, timed in alternating rounds per image size: this machine's speed drifts
+    within minutes, so the figures being compared share every round."""
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -135,68 +138,82 @@ def bench_inference(repeats: int) -> list[dict]:
     opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
                                 decoder_use_separable_conv=False)
     model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+    saved = "auto_deeplab_s regular heads SavedModel"
     records = []
     with tempfile.TemporaryDirectory() as out:
         path = saved_model.export_saved_model(model, os.path.join(out, "m"), num_classes=19)
-        serve = tf.saved_model.load(path).signatures["serving_default"]
+        signatures = tf.saved_model.load(path).signatures
         for (h, w), batch in (((1025, 2049), 1), ((513, 513), 1), ((513, 513), 4)):
-            img = tf.constant(np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8))
+            img = np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8)
             fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([batch, h, w, 3], tf.float32))
-            times = common.time_calls(lambda: serve(ImageTensor=img)["SemanticPredictions"].numpy(), 1,
-                                      repeats)
-            rec = common.record("inference", times, fwd, size=f"{h}x{w}", batch=batch,
-                                model="auto_deeplab_s regular heads SavedModel")
-            rec["images_per_s"] = round(batch / rec["median_s"], 2)
-            records.append(rec)
-    records += _inference_tf1_baseline(repeats)
-    records.append(_conv_peak(repeats))
+            size = f"{h}x{w}"
+            # Labels only (what the TF1 baseline fetches), then labels + probabilities (softmax over
+            # every pixel and a float [N, H, W, 19] output on top).
+            calls = {}
+            for key in (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY):
+                calls[key] = (lambda fn, x: lambda: [t.numpy() for t in fn(ImageTensor=x).values()])(
+                    signatures[key], tf.constant(img))
+            if batch == 1:
+                calls["tf1_graph"] = _tf1_graph_call(img)
+            if size == "1025x2049":
+                calls["conv_peak"] = _conv_peak_call()
+            times = common.time_interleaved(calls, 1, repeats)
+            for key in (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY):
+                note = "SemanticPredictions" + (" only" if key == saved_model.LABELS_SIGNATURE_KEY
+                                                else " + SemanticProbabilities")
+                rec = common.record("inference", times[key], fwd, size=size, batch=batch, model=saved,
+                                    signature=key, note=note)
+                rec["images_per_s"] = round(batch / rec["median_s"], 2)
+                records.append(rec)
+            if "tf1_graph" in times:
+                records.append(common.record(
+                    "inference_tf1_graph", times["tf1_graph"], None, size=size, batch=1,
+                    model="auto_deeplab_s regular heads, official-style TF1 graph, argmax only"))
+            if "conv_peak" in times:
+                records.append(common.record("conv_peak", times["conv_peak"], _CONV_PEAK_FLOPS,
+                                             size="257x513x256->256 3x3"))
     return records
 
 
-def _conv_peak(repeats: int) -> dict:
-    """One large dense 3x3 convolution (the decoder's shape at 1025x2049): what this machine's conv
-    kernels reach, the yardstick for the inference GFLOP/s."""
-    import tensorflow as tf  # noqa: PLC0415
+# One large dense 3x3 convolution (the decoder's shape at 1025x2049): what this machine's conv kernels
+# reach, the yardstick for the inference GFLOP/s.
+_CONV_PEAK_FLOPS = 2.0 * 257 * 513 * 9 * 256 * 256
 
-    from bench import common  # noqa: PLC0415
+
+def _conv_peak_call():
+    import tensorflow as tf  # noqa: PLC0415
     x = tf.random.normal([1, 257, 513, 256])
     k = tf.random.normal([3, 3, 256, 256])
     conv = tf.function(lambda t: tf.nn.conv2d(t, k, 1, "SAME"))
-    times = common.time_calls(lambda: conv(x).numpy(), 1, repeats)
-    flops = 2.0 * 257 * 513 * 9 * 256 * 256
-    return common.record("conv_peak", times, flops, size="257x513x256->256 3x3")
+    return lambda: conv(x).numpy()
 
 
-def _inference_tf1_baseline(repeats: int) -> list[dict]:
+def _tf1_graph_call(image):
     """The same network as an official-style TF1 graph (tests/export/tf1_reference.py, written from
-    the spec and checked against our model there), timed in the same process: the issue's "official
-    graph" baseline on THIS machine. Variables are zeros (speed does not depend on their values)."""
+    the spec and checked against our model there), in its own session: the issue's "official graph"
+    baseline on THIS machine. Fetches the argmax only; variables are zeros (speed does not depend on
+    their values)."""
     import importlib.util  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from bench import common  # noqa: PLC0415
     from nas_deeplab import architecture  # noqa: PLC0415
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "export",
                         "tf1_reference.py")
     spec = importlib.util.spec_from_file_location("tf1_reference", path)
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
-    arch = architecture.preset("auto_deeplab_s")
-    records = []
-    for h, w in ((1025, 2049), (513, 513)):
-        with tf.Graph().as_default() as graph:
-            x = tf.compat.v1.placeholder(tf.float32, [1, h, w, 3])
-            pred = tf.argmax(ref.deeplab_logits(x, arch, 19, separable_heads=False)["logits"], -1)
-            init = tf.compat.v1.global_variables_initializer()
-        with tf.compat.v1.Session(graph=graph) as sess:
-            sess.run(init)
-            img = np.random.RandomState(0).randint(0, 256, (1, h, w, 3)).astype(np.float32)
-            times = common.time_calls(lambda: sess.run(pred, {x: img}), 1, repeats)
-        records.append(common.record("inference_tf1_graph", times, None, size=f"{h}x{w}", batch=1,
-                                     model="auto_deeplab_s regular heads, official-style TF1 graph"))
-    return records
+    _, h, w, _ = image.shape
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [1, h, w, 3])
+        pred = tf.argmax(ref.deeplab_logits(x, architecture.preset("auto_deeplab_s"), 19,
+                                            separable_heads=False)["logits"], -1)
+        init = tf.compat.v1.global_variables_initializer()
+    sess = tf.compat.v1.Session(graph=graph)
+    sess.run(init)
+    feed = {x: image.astype(np.float32)}
+    return lambda: sess.run(pred, feed)
 
 
 def bench_input(repeats: int) -> list[dict]:

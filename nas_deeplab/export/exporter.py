@@ -282,5 +282,6 @@ def describe(result: ExportResult) -> str:
         out.append("  " + result.restore.summary().replace("\n", "\n  "))
     if result.export_format == "saved_model":
         out.append(f"  serve: signature '{sm.SIGNATURE_KEY}', input {sm.INPUT_NAME} uint8 [N,H,W,3]; "
-                   f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}")
+                   f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}; signature '{sm.LABELS_SIGNATURE_KEY}': "
+                   f"{sm.PREDICTIONS} only")
     return "\n".join(out)

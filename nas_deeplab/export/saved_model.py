@@ -5,7 +5,10 @@ Same tensor names as the official `export_model.py` (`ImageTensor` in, `Semantic
 that make it servable as is: the batch size and the image size are free (the official graph was
 fixed to one image no larger than `crop_size`), and it is a TF2 SavedModel with a
 `serving_default` signature (TF Serving, `saved_model_cli`, `tf.saved_model.load`), not a frozen
-graph. Everything the official pipeline does around the network happens inside the graph:
+graph. A second signature, `predict_labels`, returns only `SemanticPredictions`: what a client that
+fetches only the labels of the official graph gets, without the cost of the softmax over every pixel
+and of a float [N, H, W, C] output (160 MB for one 1025x2049 Cityscapes image at 19 classes).
+Everything the official pipeline does around the network happens inside the graph:
 
 1. cast to float and pad bottom/right with 127.5 (`mean_pixel` of the NAS variants) to the next
    size of the form 32k+1 (the sizes the network aligns cleanly on, spec 1.7), or to a fixed
@@ -37,6 +40,7 @@ INPUT_NAME = "ImageTensor"
 PREDICTIONS = "SemanticPredictions"
 PROBABILITIES = "SemanticProbabilities"
 SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # 'serving_default'
+LABELS_SIGNATURE_KEY = "predict_labels"  # SemanticPredictions only
 PAD_VALUE = 127.5      # official mean_pixel('nas_hnasnet'): padded pixels become 0 after [-1, 1] scaling
 SIZE_MULTIPLE = 32     # pad to 32k+1
 
@@ -89,8 +93,9 @@ class SegmentationServer(tf.Module):
         out = self._keras_call(images)
         return tf.cast(out, tf.float32)
 
-    def predict(self, images_uint8):
-        """(predictions int32 [N,H,W], probabilities float32 [N,H,W,C]) for uint8 [N,H,W,3]."""
+    def predict(self, images_uint8, with_probabilities: bool = True):
+        """(predictions int32 [N,H,W], probabilities float32 [N,H,W,C]) for uint8 [N,H,W,3];
+        probabilities is None when not `with_probabilities` (then a single pass skips the softmax)."""
         with tf.name_scope("check_input"):
             channels = tf.shape(images_uint8)[3]
             check = tf.debugging.assert_equal(
@@ -112,18 +117,23 @@ class SegmentationServer(tf.Module):
                         constant_values=PAD_VALUE)
         if inference.is_single_scale(self.inference_scales, self.add_flipped_images):
             logits = self._logits(padded)[:, :h, :w, :]
-            probabilities = tf.nn.softmax(logits)
+            probabilities = tf.nn.softmax(logits) if with_probabilities else None
             predictions = tf.argmax(logits, axis=3, output_type=tf.int32)
         else:
-            probabilities = self._probabilities(padded)[:, :h, :w, :]
+            probabilities = self._probabilities(padded)[:, :h, :w, :]  # the labels need them here
             predictions = tf.argmax(probabilities, axis=3, output_type=tf.int32)
-        return predictions, probabilities
+        return predictions, (probabilities if with_probabilities else None)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)])
     def serve(self, ImageTensor):  # noqa: N803  (the argument name is the signature's input key)
         predictions, probabilities = self.predict(ImageTensor)
         return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS),
                 PROBABILITIES: tf.identity(probabilities, name=PROBABILITIES)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)])
+    def serve_labels(self, ImageTensor):  # noqa: N803
+        predictions, _ = self.predict(ImageTensor, with_probabilities=False)
+        return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS)}
 
 
 def _write_asset_sources(folder: str, metadata: Mapping[str, object]) -> dict[str, str]:
@@ -154,7 +164,9 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
     metadata = dict(metadata or {})
     metadata.setdefault("export_info.json", {
         "format": "nas_deeplab.saved_model", "version": 1,
-        "signature": SIGNATURE_KEY, "input": {INPUT_NAME: "uint8 [N, H, W, 3], " + (
+        "signature": SIGNATURE_KEY, "signatures": {SIGNATURE_KEY: [PREDICTIONS, PROBABILITIES],
+                                                   LABELS_SIGNATURE_KEY: [PREDICTIONS]},
+        "input": {INPUT_NAME: "uint8 [N, H, W, 3], " + (
             f"H <= {crop_size[0]}, W <= {crop_size[1]}" if crop_size else "any H, W")},
         "outputs": {PREDICTIONS: "int32 [N, H, W]", PROBABILITIES: f"float32 [N, H, W, {num_classes}]"},
         "num_classes": int(num_classes), "inference_scales": [float(s) for s in inference_scales],
@@ -164,10 +176,11 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
     with tempfile.TemporaryDirectory(prefix="nas_deeplab_assets_") as asset_dir:
         server = SegmentationServer(model, num_classes, inference_scales, add_flipped_images, crop_size,
                                     _write_asset_sources(asset_dir, metadata))
-        signature = server.serve.get_concrete_function()
+        signatures = {SIGNATURE_KEY: server.serve.get_concrete_function(),
+                      LABELS_SIGNATURE_KEY: server.serve_labels.get_concrete_function()}
         with atomic_directory(export_path, overwrite=overwrite) as tmp:
             try:
-                tf.saved_model.save(server, tmp, signatures={SIGNATURE_KEY: signature})
+                tf.saved_model.save(server, tmp, signatures=signatures)
             except (OSError, tf.errors.OpError) as e:
                 raise OutputError(f"cannot write SavedModel {export_path}: {e}") from e
     return os.path.abspath(export_path)

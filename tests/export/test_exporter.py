@@ -158,6 +158,8 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
     _, model, arch = run_dir
     result, loaded = served
     fn = loaded.signatures["serving_default"]
+    labels_fn = loaded.signatures["predict_labels"]
+    assert list(labels_fn.structured_outputs) == ["SemanticPredictions"]
     for size in [(40, 50), (41, 53)]:  # even and odd
         images = _images(2, *size, seed=size[0])
         out = fn(ImageTensor=tf.constant(images))
@@ -168,6 +170,9 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
         np.testing.assert_allclose(out["SemanticProbabilities"].numpy(), tf.nn.softmax(logits).numpy(),
                                    atol=1e-5)
         _assert_predictions_match_logits(out["SemanticPredictions"].numpy(), logits)
+        labels = labels_fn(ImageTensor=tf.constant(images))["SemanticPredictions"]
+        assert labels.dtype == tf.int32 and labels.shape == (2,) + size
+        _assert_predictions_match_logits(labels.numpy(), logits)
     assert len(loaded.model_variables) == len(model.variables)
 
     stored_arch = json.loads(sm.read_asset(result.path, "architecture.json"))
@@ -178,6 +183,8 @@ def test_saved_model_serves_like_keras_carries_metadata_rejects_bad_images_and_r
     assert options["num_classes"] == NUM_CLASSES and options["atrous_rates"] == [12, 24, 36]
     info = json.loads(sm.read_asset(result.path, "export_info.json"))
     assert info["inference_scales"] == [1.0] and info["add_flipped_images"] is False
+    assert info["signatures"] == {"serving_default": ["SemanticPredictions", "SemanticProbabilities"],
+                                  "predict_labels": ["SemanticPredictions"]}
 
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8"):
         fn(ImageTensor=tf.zeros((1, 33, 33, 3), tf.float32))
@@ -207,6 +214,9 @@ def test_multi_scale_and_flip_average_probabilities_at_the_padded_size(run_dir):
     images = _images(1, 25, 35, seed=4)
     server = sm.SegmentationServer(model, NUM_CLASSES, inference_scales=(0.75, 1.0), add_flipped_images=True)
     pred, probs = server.predict(tf.constant(images))
+    labels_only, no_probs = server.predict(tf.constant(images), with_probabilities=False)
+    assert no_probs is None
+    np.testing.assert_array_equal(labels_only.numpy(), pred.numpy())  # same graph, same labels
     ph, pw = sm.padded_length(30), sm.padded_length(35)
     padded = np.pad(images.astype(np.float32), [[0, 0], [0, ph - 25], [0, pw - 35], [0, 0]],
                     constant_values=127.5)
