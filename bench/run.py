@@ -1,6 +1,6 @@
 """Benchmarks: search steps, training step, exported inference, input pipeline.
 
-    python bench/run.py [--only=search,train,inference,input] [--crops=65,129,321] [--json=PATH]
+    python bench/run.py [--only=search,train,inference,input] [--crops=65,129,321] [--json=PATH] [--merge]
 
 Prints a table and writes JSON records ({"name", "crop" or "size", "median_s", "peak_rss_mib",
 "gflops", "gflop_per_s", ...}) plus the machine (CPU model, cores, GPU, TF version).
@@ -15,6 +15,7 @@ maximum so far, so each section runs in its own process (`--only` is re-invoked 
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -35,11 +36,28 @@ flags.DEFINE_list("train_crops", ["321", "769"], "Training-step crops (Auto-Deep
 flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported) after warm-up.")
 flags.DEFINE_string("json", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"),
                     "Where to write the records.")
+flags.DEFINE_boolean("merge", False, "Keep the records of the sections not run from the existing --json "
+                     "file (each record carries its section and date), instead of writing only this run's.")
 flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
 flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
 flags.DEFINE_enum("threads", "auto", ["auto", "op_parallel", "default"],
                   "CPU thread policy (nas_deeplab.training.threads); auto: what each program uses.")
 SECTIONS = ("search", "train", "inference", "input")
+_SECTION_OF_NAME = {"search_startup": "search", "search_weight_step": "search", "search_arch_step": "search",
+                    "train_step": "train", "inference": "inference", "inference_tf1_graph": "inference",
+                    "conv_peak": "inference", "input_pipeline": "input"}
+
+
+def section_of(record: dict) -> str:
+    """The section a record belongs to (older files carry no "section" key: known by its name)."""
+    return record.get("section") or _SECTION_OF_NAME.get(record.get("name"), record.get("name"))
+
+
+def merged_records(old: list[dict], new: list[dict], sections_run) -> list[dict]:
+    """`new` plus the records of `old` from sections not run now, in SECTIONS order."""
+    kept = [r for r in old if section_of(r) not in set(sections_run)]
+    order = {name: i for i, name in enumerate(SECTIONS)}
+    return sorted(kept + new, key=lambda r: order.get(section_of(r), len(order)))  # stable
 
 
 def _forward_flops(fn, spec):
@@ -143,26 +161,31 @@ def bench_inference(repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         path = saved_model.export_saved_model(model, os.path.join(out, "m"), num_classes=19)
         signatures = tf.saved_model.load(path).signatures
+        keys = (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY)
+        cases = []
         for (h, w), batch in (((1025, 2049), 1), ((513, 513), 1), ((513, 513), 4)):
             img = np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8)
-            fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([batch, h, w, 3], tf.float32))
-            size = f"{h}x{w}"
             # Labels only (what the TF1 baseline fetches), then labels + probabilities (softmax over
             # every pixel and a float [N, H, W, 19] output on top).
-            calls = {}
-            for key in (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY):
-                calls[key] = (lambda fn, x: lambda: [t.numpy() for t in fn(ImageTensor=x).values()])(
-                    signatures[key], tf.constant(img))
+            calls = {key: (lambda fn, x: lambda: [t.numpy() for t in fn(ImageTensor=x).values()])(
+                signatures[key], tf.constant(img)) for key in keys}
+            for call in calls.values():
+                call()
+            cases.append(((h, w), batch, img, calls))
+        rss = common.peak_rss_mib()  # the SavedModel's own peak, before any TF1 graph exists here
+        for (h, w), batch, img, calls in cases:
+            fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([batch, h, w, 3], tf.float32))
+            size = f"{h}x{w}"
             if batch == 1:
                 calls["tf1_graph"] = _tf1_graph_call(img)
             if size == "1025x2049":
                 calls["conv_peak"] = _conv_peak_call()
             times = common.time_interleaved(calls, 1, repeats)
-            for key in (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY):
+            for key in keys:
                 note = "SemanticPredictions" + (" only" if key == saved_model.LABELS_SIGNATURE_KEY
                                                 else " + SemanticProbabilities")
-                rec = common.record("inference", times[key], fwd, size=size, batch=batch, model=saved,
-                                    signature=key, note=note)
+                rec = common.record("inference", times[key], fwd, rss=rss, size=size, batch=batch,
+                                    model=saved, signature=key, note=note)
                 rec["images_per_s"] = round(batch / rec["median_s"], 2)
                 records.append(rec)
             if "tf1_graph" in times:
@@ -286,13 +309,22 @@ def main(argv):
             print(f"  {section} {arg} failed (exit {proc.returncode}):\n{tail}", flush=True)
             records.append({"name": section, "crop": arg, "error": tail[-300:]})
             continue
-        records += json.loads(lines[-1][len("BENCH_JSON "):])
+        records += [dict(r, section=section) for r in json.loads(lines[-1][len("BENCH_JSON "):])]
     meta = common.machine()
     described = f"{meta['cpu']}, {meta['cores']} cores, GPU: {meta['gpu']}, TF {meta['tf']}"
-    for rec in records:  # every figure names its machine, also when records are copied elsewhere
+    today = datetime.date.today().isoformat()
+    for rec in records:  # every figure names its machine and day, also when copied elsewhere
         rec["machine"] = described
+        rec["date"] = today
     print(f"machine: {described}")
     common.print_table(records)
+    if FLAGS.merge and os.path.exists(FLAGS.json):
+        try:
+            with open(FLAGS.json, encoding="utf-8") as f:
+                old = json.load(f)["records"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise app.UsageError(f"--merge: cannot read the records of --json={FLAGS.json}: {e}") from None
+        records = merged_records(old, records, FLAGS.only)
     common.write_json(FLAGS.json, records, meta)
     print(f"wrote {FLAGS.json}")
 
