@@ -40,14 +40,7 @@ def machine() -> dict:
 
 def time_calls(fn, warmup: int = 1, repeats: int = 5) -> list[float]:
     """Wall seconds of `repeats` calls after `warmup` calls; fn must block until done."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    return time_interleaved({"fn": fn}, warmup, repeats)["fn"]
 
 
 def time_interleaved(calls: dict, warmup: int = 1, repeats: int = 5) -> dict[str, list[float]]:

@@ -55,7 +55,8 @@ def section_of(record: dict) -> str:
 
 def merged_records(old: list[dict], new: list[dict], sections_run) -> list[dict]:
     """`new` plus the records of `old` from sections not run now, in SECTIONS order."""
-    kept = [r for r in old if section_of(r) not in set(sections_run)]
+    run_now = set(sections_run)
+    kept = [r for r in old if section_of(r) not in run_now]
     order = {name: i for i, name in enumerate(SECTIONS)}
     return sorted(kept + new, key=lambda r: order.get(section_of(r), len(order)))  # stable
 
@@ -167,8 +168,7 @@ def bench_inference(repeats: int) -> list[dict]:
             img = np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8)
             # Labels only (what the TF1 baseline fetches), then labels + probabilities (softmax over
             # every pixel and a float [N, H, W, 19] output on top).
-            calls = {key: (lambda fn, x: lambda: [t.numpy() for t in fn(ImageTensor=x).values()])(
-                signatures[key], tf.constant(img)) for key in keys}
+            calls = {key: _signature_call(signatures[key], tf.constant(img)) for key in keys}
             for call in calls.values():
                 call()
             cases.append(((h, w), batch, img, calls))
@@ -196,6 +196,11 @@ def bench_inference(repeats: int) -> list[dict]:
                 records.append(common.record("conv_peak", times["conv_peak"], _CONV_PEAK_FLOPS,
                                              size="257x513x256->256 3x3"))
     return records
+
+
+def _signature_call(signature, images):
+    """A call of a loaded signature that returns once every output it declares is computed."""
+    return lambda: [t.numpy() for t in signature(ImageTensor=images).values()]
 
 
 # One large dense 3x3 convolution (the decoder's shape at 1025x2049): what this machine's conv kernels

@@ -43,6 +43,7 @@ SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # 'serving_def
 LABELS_SIGNATURE_KEY = "predict_labels"  # SemanticPredictions only
 PAD_VALUE = 127.5      # official mean_pixel('nas_hnasnet'): padded pixels become 0 after [-1, 1] scaling
 SIZE_MULTIPLE = 32     # pad to 32k+1
+_IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)  # both signatures
 
 
 class ExportError(ValueError):
@@ -116,21 +117,20 @@ class SegmentationServer(tf.Module):
         padded = tf.pad(tf.cast(images, tf.float32), [[0, 0], [0, ph - h], [0, pw - w], [0, 0]],
                         constant_values=PAD_VALUE)
         if inference.is_single_scale(self.inference_scales, self.add_flipped_images):
-            logits = self._logits(padded)[:, :h, :w, :]
-            probabilities = tf.nn.softmax(logits) if with_probabilities else None
-            predictions = tf.argmax(logits, axis=3, output_type=tf.int32)
+            scores = self._logits(padded)[:, :h, :w, :]
+            probabilities = tf.nn.softmax(scores) if with_probabilities else None
         else:
-            probabilities = self._probabilities(padded)[:, :h, :w, :]  # the labels need them here
-            predictions = tf.argmax(probabilities, axis=3, output_type=tf.int32)
+            scores = probabilities = self._probabilities(padded)[:, :h, :w, :]  # the labels need them
+        predictions = tf.argmax(scores, axis=3, output_type=tf.int32)
         return predictions, (probabilities if with_probabilities else None)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)])
+    @tf.function(input_signature=[_IMAGES_SPEC])
     def serve(self, ImageTensor):  # noqa: N803  (the argument name is the signature's input key)
         predictions, probabilities = self.predict(ImageTensor)
         return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS),
                 PROBABILITIES: tf.identity(probabilities, name=PROBABILITIES)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)])
+    @tf.function(input_signature=[_IMAGES_SPEC])
     def serve_labels(self, ImageTensor):  # noqa: N803
         predictions, _ = self.predict(ImageTensor, with_probabilities=False)
         return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS)}
