@@ -292,6 +292,13 @@ def main(argv):
     if bad:
         raise app.UsageError(f"--only: unknown sections {bad}; choose from {list(SECTIONS)}")
     from bench import common  # noqa: PLC0415
+    previous = []  # read before any benchmark runs: a bad file stops us before the work, not after
+    if FLAGS.merge and os.path.exists(FLAGS.json):
+        try:
+            with open(FLAGS.json, encoding="utf-8") as f:
+                previous = list(json.load(f)["records"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise app.UsageError(f"--merge: cannot read the records of --json={FLAGS.json}: {e}") from None
     jobs = []
     for section in FLAGS.only:
         if section == "search":
@@ -323,13 +330,8 @@ def main(argv):
         rec["date"] = today
     print(f"machine: {described}")
     common.print_table(records)
-    if FLAGS.merge and os.path.exists(FLAGS.json):
-        try:
-            with open(FLAGS.json, encoding="utf-8") as f:
-                old = json.load(f)["records"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise app.UsageError(f"--merge: cannot read the records of --json={FLAGS.json}: {e}") from None
-        records = merged_records(old, records, FLAGS.only)
+    if FLAGS.merge:
+        records = merged_records(previous, records, FLAGS.only)
     common.write_json(FLAGS.json, records, meta)
     print(f"wrote {FLAGS.json}")
 
