@@ -71,7 +71,7 @@ def count_multiply_adds(model_or_arch, options=None, input_size=(1024, 2048)) ->
 def _official_scopes(model):
     """id(variable) -> its official TF1 scope (e.g. 'hnasnet/cell_3/comb_iter_0/left/atrous_5x5'),
     so the table speaks the names DeepLab users know; {} when the model has no official naming."""
-    from nas_deeplab.model.official_names import official_variable_map
+    from nas_deeplab.official.names import official_variable_map
     try:
         names = official_variable_map(model)
     except (TypeError, ValueError, AttributeError):

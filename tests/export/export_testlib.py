@@ -39,3 +39,18 @@ def standin_name_map(model):
              "bn/moving_mean": "net/bn/moving_mean", "bn/moving_variance": "net/bn/moving_variance",
              "logits/kernel": "logits/semantic/weights", "logits/bias": "logits/semantic/biases"}
     return {names[v.path]: v for v in model.variables}
+
+
+def randomize(model, seed=0):
+    """Non-trivial values everywhere (BN statistics and biases included), so a variable left at its
+    initial value, or read from the wrong name, changes the outputs."""
+    rng = np.random.RandomState(seed)
+    for v in model.variables:
+        leaf = v.path.rsplit("/", 1)[-1]
+        if leaf in ("gamma", "moving_variance"):
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+        elif leaf in ("beta", "moving_mean", "biases", "bias"):
+            v.assign(rng.uniform(-0.2, 0.2, v.shape).astype(np.float32))
+        else:
+            v.assign((v.numpy() * rng.uniform(0.5, 1.5, v.shape)).astype(np.float32))
+    return model

@@ -14,12 +14,13 @@ import pytest
 import tensorflow as tf
 
 from nas_deeplab import architecture as arch_lib
-from nas_deeplab.export import exporter, restore
-from nas_deeplab.export import official_checkpoint as oc
+from nas_deeplab.export import exporter
 from nas_deeplab.export import saved_model as sm
+from nas_deeplab.official import checkpoint as oc
+from nas_deeplab.official import restore
 from nas_deeplab.io_utils import OutputError
 from nas_deeplab.model.deeplab import ModelOptions, build_deeplab
-from nas_deeplab.model.official_names import official_variable_map
+from nas_deeplab.official.names import official_variable_map
 from nas_deeplab.training import checkpointing
 
 from export_testlib import make_standin
@@ -121,7 +122,7 @@ def test_official_checkpoint_round_trip_is_exact_and_matches_the_tf1_graph(run_d
     _, model, arch = run_dir
     result, _ = served
     assert result.restore.kind == oc.KIND_OFFICIAL
-    assert result.restore.missing == [] and result.restore.unused == ["global_step"]
+    assert result.restore.excluded == [] and result.restore.unused == ["global_step"]
     assert len(result.restore.restored) == len(model.variables)
     fresh = result.model
     assert fresh is not model
@@ -327,7 +328,8 @@ def test_failed_saved_model_export_leaves_nothing_and_overwrite_replaces(tmp_pat
 
 def test_random_init_needs_the_flag_and_then_uses_train_py_default_architecture(tmp_path):
     cfg = exporter.ExportConfig(str(tmp_path / "o"), allow_random_init=True, num_classes=3)
-    arch, num_classes, structure, _ = exporter.resolve_model(cfg, None, None)
+    arch, num_classes, structure, _, source = exporter.resolve_model(cfg, None, None)
+    assert source == "train.py's default (random weights)"
     assert arch.is_published() and arch.filter_multiplier == 8 and num_classes == 3 and structure == {}
     with pytest.raises(exporter.ExportError, match="cannot tell the number of classes.*--dataset"):
         exporter.resolve_model(exporter.ExportConfig(str(tmp_path / "o"), allow_random_init=True), None, None)

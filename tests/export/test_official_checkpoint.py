@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nas_deeplab.export import official_checkpoint as oc
+from nas_deeplab.official import checkpoint as oc
+from nas_deeplab.official import restore as restore_lib
 
 from export_testlib import make_standin, read_tsv, standin_name_map
 
@@ -26,8 +27,8 @@ def test_write_then_read_back_exactly_with_state_file_and_global_step(tmp_path):
     assert oc.checkpoint_kind(str(tmp_path)) == oc.KIND_OFFICIAL
 
     fresh = make_standin(seed=2)
-    report = oc.restore_official(standin_name_map(fresh), str(tmp_path))
-    assert sorted(report.restored) == sorted(standin_name_map(model)) and report.missing == []
+    report = restore_lib.restore_official(standin_name_map(fresh), str(tmp_path))
+    assert sorted(report.restored) == sorted(standin_name_map(model)) and report.excluded == []
     assert report.unused == ["global_step"]
     for a, b in zip(model.variables, fresh.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -54,7 +55,7 @@ def test_tf2_checkpoint_is_told_apart(tmp_path):
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     assert oc.checkpoint_kind(path) == oc.KIND_TF2
     with pytest.raises(oc.CheckpointError, match="TF2 object-based"):
-        oc.restore_official(standin_name_map(model), path)
+        restore_lib.restore_official(standin_name_map(model), path)
 
 
 def test_shape_mismatch_names_variable_and_both_shapes_and_assigns_nothing(tmp_path):
@@ -62,25 +63,55 @@ def test_shape_mismatch_names_variable_and_both_shapes_and_assigns_nothing(tmp_p
     oc.write_official_checkpoint(standin_name_map(small), str(tmp_path / "model.ckpt"))
     before = [v.numpy().copy() for v in big.variables]
     with pytest.raises(oc.CheckpointError) as e:
-        oc.restore_official(standin_name_map(big), str(tmp_path))
+        restore_lib.restore_official(standin_name_map(big), str(tmp_path))
     assert "logits/semantic/weights: checkpoint has shape [1, 1, 8, 3], model expects [1, 1, 8, 5]" in str(e.value)
     for b, v in zip(before, big.variables):
         np.testing.assert_array_equal(b, v.numpy())
 
 
-def test_missing_names_are_reported_and_require_all_refuses(tmp_path):
+def test_missing_names_are_refused_naming_them_unless_their_scope_is_excluded(tmp_path):
+    """Complete or not at all: a variable the checkpoint lacks is an error naming it, with nothing
+    assigned; leaving its scope out on purpose (--initialize_last_layer=false) restores the rest."""
     model = make_standin(seed=6)
     names = standin_name_map(model)
     partial = {k: v for k, v in names.items() if not k.startswith("logits/")}
     oc.write_official_checkpoint(partial, str(tmp_path / "model.ckpt"))
-    report = oc.restore_official(standin_name_map(make_standin(seed=7)), str(tmp_path))
-    assert sorted(report.missing) == ["logits/semantic/biases", "logits/semantic/weights"]
-    assert len(report.restored) == 5
-    with pytest.raises(oc.CheckpointError, match="lacks 2 of the model's 7 variables"):
-        oc.restore_official(standin_name_map(make_standin()), str(tmp_path), require_all=True)
+    fresh = make_standin(seed=7)
+    before = [v.numpy().copy() for v in fresh.variables]
+    with pytest.raises(oc.CheckpointError, match=r"lacks 2 of the 7 variables to restore: "
+                                                 r"logits/semantic/weights, logits/semantic/biases; a partial "
+                                                 r"restore is refused \(.*--initialize_last_layer=false"):
+        restore_lib.restore_official(standin_name_map(fresh), str(tmp_path))
+    for b, v in zip(before, fresh.variables):
+        np.testing.assert_array_equal(b, v.numpy())
+
+    report = restore_lib.restore_official(standin_name_map(fresh), str(tmp_path), exclude_scopes=("logits",))
+    assert sorted(report.excluded) == ["logits/semantic/biases", "logits/semantic/weights"]
+    assert len(report.restored) == 5 and report.unused == []
+    for name, var in standin_name_map(fresh).items():
+        if name.startswith("logits/"):   # left exactly as initialised
+            np.testing.assert_array_equal(var.numpy(), before[[v.path for v in fresh.variables].index(var.path)])
+        else:
+            np.testing.assert_array_equal(var.numpy(), names[name].numpy())
+
     renamed = {"other/" + k: v for k, v in names.items()}
     with pytest.raises(oc.CheckpointError, match="holds none of the model's variables"):
-        oc.restore_official(renamed, str(tmp_path))
+        restore_lib.restore_official(renamed, str(tmp_path))
+
+
+def test_unused_model_entries_are_refused_only_when_asked_and_slots_never_count(tmp_path):
+    """Export refuses a checkpoint holding model variables the model lacks (it was saved from
+    another model); global_step and optimizer slots (`<var>/Momentum`) are not model variables."""
+    model = make_standin(seed=8)
+    names = standin_name_map(model)
+    extra = {**names, "net/conv/weights/Momentum": np.ones((3, 3, 3, 8), np.float32),
+             "aspp5/weights": np.ones((1, 1, 8, 8), np.float32)}
+    oc.write_official_checkpoint(extra, str(tmp_path / "model.ckpt"), global_step=3)
+    report = restore_lib.restore_official(standin_name_map(make_standin()), str(tmp_path))
+    assert report.unused == ["aspp5/weights", "global_step", "net/conv/weights/Momentum"]
+    with pytest.raises(oc.CheckpointError, match=r"holds 1 model variables this model does not have: "
+                                                 r"aspp5/weights; it was saved from a different model"):
+        restore_lib.restore_official(standin_name_map(make_standin()), str(tmp_path), refuse_unused=True)
 
 
 def test_missing_and_unreadable_checkpoints(tmp_path):
@@ -110,7 +141,7 @@ def test_failed_write_leaves_no_files(tmp_path):
 # -- the real network against the official variable lists ------------------------------------------
 
 def _written_names_and_shapes(model, arch, folder):
-    from nas_deeplab.model.official_names import official_variable_map
+    from nas_deeplab.official.names import official_variable_map
     prefix = oc.export_official_checkpoint(model, os.path.join(folder, "model.ckpt-0"), architecture=arch,
                                            global_step=0)
     order = [(n, tuple(v.shape)) for n, v in official_variable_map(model).items()]

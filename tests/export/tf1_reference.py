@@ -177,8 +177,12 @@ def deeplab_logits(raw_images, arch, num_classes, atrous_rates=(12, 24, 36), dec
         low = _conv_bn_relu(ends[decoder_end_point], "feature_projection0", 48)
         dh, dw = _scale_dim(crop_h, 1.0 / decoder_stride), _scale_dim(crop_w, 1.0 / decoder_stride)
         net = tf.concat([_resize(net, [dh, dw]), _resize(low, [dh, dw])], 3)
-        net = head(net, "decoder_conv0", 256, 1)
-        net = head(net, "decoder_conv1", 256, 1)
+        # separable: split_separable_conv2d scopes decoder_conv0, decoder_conv1; regular: slim.repeat(2,
+        # conv2d, scope='decoder_conv0') creates decoder_conv0/decoder_conv0_1 and .../decoder_conv0_2.
+        scopes = (("decoder_conv0", "decoder_conv1") if separable_heads
+                  else ("decoder_conv0/decoder_conv0_1", "decoder_conv0/decoder_conv0_2"))
+        for scope in scopes:
+            net = head(net, scope, 256, 1)
     with v1.variable_scope("logits/semantic"):
         w, b = _var("weights", [1, 1, 256, num_classes]), _var("biases", [num_classes])
     logits = tf.nn.conv2d(net, w, 1, "SAME") + b

@@ -1,25 +1,22 @@
-"""TF1 name-based checkpoints that the official DeepLab code reads, and the way back.
+"""TF1 name-based checkpoints that the official DeepLab code reads and writes: locate, inspect, write.
 
 The official `research/deeplab` tooling (`train.py --tf_initial_checkpoint`, `eval.py`,
 `export_model.py`, `tf.train.list_variables`) only knows variables by their slim names
 (`hnasnet/cell_3/comb_iter_0/left/atrous_5x5/weights`, `aspp0/BatchNorm/moving_mean`, ...).
-Our training writes TF2 object-based checkpoints, whose keys are object paths instead. This module
-converts between the two, given an ordered `{official name: variable}` map (built by
-`nas_deeplab.model.official_names.official_variable_map`):
+Our training writes TF2 object-based checkpoints, whose keys are object paths instead. Given an
+ordered `{official name: variable}` map (`names.official_variable_map`):
 
 * `write_official_checkpoint` writes a V2 bundle (`.index` + `.data-00000-of-00001`) under those
   names, in creation order, plus the `checkpoint` state file, atomically (temporary prefix, renamed
   data then index; the state file last, so a reader never finds a half-written checkpoint).
-* `restore_official` / `load_official_checkpoint` map names back, check every shape before assigning
-  anything (all or nothing), and report which variables were restored and which were not.
-* `checkpoint_kind` tells an official-format checkpoint from one of ours.
+* `checkpoint_kind` tells an official-format checkpoint from one of ours; `variable_shapes` lists
+  what one holds. The way back (with the completeness rule) is `restore.py`.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import os
 from typing import Mapping
@@ -80,7 +77,8 @@ def resolve_checkpoint_prefix(path: str) -> str:
     return path
 
 
-def _reader(prefix: str):
+def reader(prefix: str):
+    """A checkpoint reader; unreadable files raise CheckpointError naming the prefix."""
     try:
         return tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError) as e:
@@ -90,14 +88,14 @@ def _reader(prefix: str):
 
 def variable_shapes(prefix: str) -> "collections.OrderedDict[str, tuple[int, ...]]":
     """{name: shape} stored in a checkpoint (sorted by name, as the index stores them)."""
-    shapes = _reader(prefix).get_variable_to_shape_map()
+    shapes = reader(prefix).get_variable_to_shape_map()
     return collections.OrderedDict((k, tuple(shapes[k])) for k in sorted(shapes))
 
 
 def checkpoint_kind(path: str) -> str:
     """'tf2' for a TF2 object-based checkpoint (ours), 'official' for a TF1 name-based one."""
     prefix = resolve_checkpoint_prefix(path)
-    return KIND_TF2 if OBJECT_GRAPH_KEY in _reader(prefix).get_variable_to_shape_map() else KIND_OFFICIAL
+    return KIND_TF2 if OBJECT_GRAPH_KEY in reader(prefix).get_variable_to_shape_map() else KIND_OFFICIAL
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -159,92 +157,6 @@ def write_official_checkpoint(variables: Mapping[str, object], prefix: str,
     return prefix
 
 
-# -- reading back --------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class RestoreReport:
-    """What `restore_official` did: names restored, model names absent from the checkpoint, and
-    checkpoint names the model does not have (e.g. `global_step`, optimizer slots, other heads)."""
-
-    restored: list[str]
-    missing: list[str]
-    unused: list[str]
-
-    def summary(self) -> str:
-        lines = [f"restored {len(self.restored)} variables, {len(self.missing)} not in the checkpoint "
-                 f"(left as initialised), {len(self.unused)} checkpoint entries unused"]
-        for title, names in (("not restored", self.missing), ("unused", self.unused)):
-            if names:
-                shown = ", ".join(names[:8]) + (f", ... (+{len(names) - 8})" if len(names) > 8 else "")
-                lines.append(f"  {title}: {shown}")
-        return "\n".join(lines)
-
-
-def restore_official(variables: Mapping[str, object], path: str,
-                     require_all: bool = False) -> RestoreReport:
-    """Assign checkpoint values to `{official name: variable}`; shapes are checked for all first.
-
-    A shape or dtype mismatch raises `CheckpointError` naming the variable and both shapes, and
-    nothing is assigned. With `require_all`, a model variable missing from the checkpoint is an
-    error too (used when a checkpoint must fully define the model, e.g. for export).
-    """
-    prefix = resolve_checkpoint_prefix(path)
-    reader = _reader(prefix)
-    shapes = reader.get_variable_to_shape_map()
-    if OBJECT_GRAPH_KEY in shapes:
-        raise CheckpointError(f"{prefix} is a TF2 object-based checkpoint (written by train.py), not an "
-                              "official name-based one; load it with tf.train.Checkpoint(model=...)")
-    restored, missing, errors = [], [], []
-    for name, var in variables.items():
-        if name not in shapes:
-            missing.append(name)
-            continue
-        want = tuple(int(d) for d in var.shape)
-        got = tuple(int(d) for d in shapes[name])
-        if want != got:
-            errors.append(f"{name}: checkpoint has shape {list(got)}, model expects {list(want)}")
-            continue
-        restored.append(name)
-    if errors:
-        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-        raise CheckpointError(f"checkpoint {prefix} does not fit the model (architecture, filter "
-                              f"multiplier or model options differ?):\n  " + "\n  ".join(errors[:10]) + more)
-    if require_all and missing:
-        raise CheckpointError(f"checkpoint {prefix} lacks {len(missing)} of the model's "
-                              f"{len(variables)} variables, e.g. {missing[:5]}")
-    if not restored:
-        raise CheckpointError(f"checkpoint {prefix} holds none of the model's variables (e.g. model "
-                              f"expects {list(variables)[:3]}, checkpoint has {sorted(shapes)[:3]})")
-    for name in restored:
-        var = variables[name]
-        value = reader.get_tensor(name)
-        want_dtype = tf.as_dtype(var.dtype)
-        if tf.as_dtype(value.dtype) != want_dtype:
-            if not (want_dtype.is_floating and tf.as_dtype(value.dtype).is_floating):
-                raise CheckpointError(f"{name}: checkpoint dtype {value.dtype}, model expects "
-                                      f"{want_dtype.name}")
-            value = value.astype(want_dtype.as_numpy_dtype)
-        var.assign(value)
-    used = set(restored)
-    unused = sorted(k for k in shapes if k not in used)
-    return RestoreReport(restored, missing, unused)
-
-
-def load_official_checkpoint(model, path: str, name_map: Mapping[str, object] | None = None,
-                             require_all: bool = False) -> tuple[list[str], list[str]]:
-    """Load an official-format checkpoint into a Keras model: returns (restored, missing) names.
-
-    `name_map` defaults to `official_variable_map(model)`; the report (including checkpoint entries
-    the model does not use) is logged.
-    """
-    if name_map is None:
-        from nas_deeplab.model.official_names import official_variable_map
-        name_map = official_variable_map(model)
-    report = restore_official(name_map, path, require_all=require_all)
-    log.info("%s", report.summary())
-    return report.restored, report.missing
-
-
 # -- whole-model convenience ---------------------------------------------------------------------
 
 UNPUBLISHED_MESSAGE = (
@@ -269,6 +181,6 @@ def export_official_checkpoint(model, prefix: str, architecture=None, global_ste
     """Write `model` as an official-format checkpoint at `prefix` (see `write_official_checkpoint`)."""
     check_official_compatible(architecture, allow_unpublished)
     if name_map is None:
-        from nas_deeplab.model.official_names import official_variable_map
+        from nas_deeplab.official.names import official_variable_map
         name_map = official_variable_map(model)
     return write_official_checkpoint(name_map, prefix, global_step=global_step)

@@ -1,4 +1,5 @@
-"""Every model variable under its official TF1 checkpoint key, in the official creation order.
+"""Every model variable under its official TF1 checkpoint key, in the official creation order; and the
+scopes official DeepLab leaves out of a fine-tuning restore.
 
 The map is built by walking the model's structure (not by parsing Keras paths), so it holds for any
 genotype: a cell is `hnasnet/cell_i/{prev_1x1, prev_bn, 1x1, beginning_bn}` then
@@ -12,6 +13,10 @@ Heads (root scope, as model.py): `image_pooling`, `aspp0`, `aspp{i}_depthwise` /
 With regular (non-separable) convs, the names are what the official code creates under those flags:
 `aspp{i}/weights` + `aspp{i}/BatchNorm/*`, and (slim.repeat) `decoder/decoder_conv0/decoder_conv0_1`
 and `.../decoder_conv0_2`, each `/weights` + `/BatchNorm/*`.
+
+`last_layer_scopes` is official `model.get_extra_layer_scopes`: what `--initialize_last_layer=false`
+excludes from the restore (the logits alone with `--last_layers_contain_logits_only`, else every
+head scope), matched as official `get_variables_to_restore(exclude=...)` does, by name prefix.
 """
 
 from __future__ import annotations
@@ -25,6 +30,23 @@ from nas_deeplab.model.heads import ASPP, ConvBNReLU, Decoder, Logits, SplitSepa
 from nas_deeplab.model.operations import AtrousOp, PoolOp, SeparableOp, SkipOp
 
 BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+# Official model.py scope names (get_extra_layer_scopes); meta_architecture is created by other
+# meta-architectures only, kept so the exclusion list is the official one.
+LOGITS_SCOPE = "logits"
+HEAD_SCOPES = (LOGITS_SCOPE, "image_pooling", "aspp", "concat_projection", "decoder", "meta_architecture")
+BACKBONE_SCOPE = "hnasnet"
+
+
+def last_layer_scopes(logits_only: bool = False) -> tuple[str, ...]:
+    """Official get_extra_layer_scopes(last_layers_contain_logits_only)."""
+    return (LOGITS_SCOPE,) if logits_only else HEAD_SCOPES
+
+
+def in_scopes(name: str, scopes) -> bool:
+    """True when `name` lies under one of `scopes` (official: tf.get_collection's re.match, i.e. a
+    name prefix, so 'aspp' covers aspp0, aspp1_depthwise, ...)."""
+    return any(name.startswith(scope) for scope in scopes)
 
 
 def _get(layer, attr, name):
