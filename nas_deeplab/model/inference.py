@@ -29,7 +29,8 @@ from nas_deeplab import resize
 
 
 def logits_output_stride(options) -> int:
-    """Stride of the logits: the decoder's when there is one (official `logits_output_stride`)."""
+    """Stride of the logits: the decoder's when there is one (official `logits_output_stride`).
+    `options` are a model's resolved options (`DeepLab.options`), whose strides follow its path."""
     return int(options.decoder_output_stride or options.output_stride)
 
 

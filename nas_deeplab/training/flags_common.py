@@ -43,13 +43,19 @@ def define_model_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_integer("nas_stem_output_num_conv_filters", None,
                          "Filter multiplier F; overrides the architecture's F when given (official flag).",
                          flag_values=f)
-    flags.DEFINE_multi_string("atrous_rates", ["12", "24", "36"],
-                              "ASPP atrous rates (repeat the flag or give a comma list).", flag_values=f)
-    flags.DEFINE_integer("output_stride", 8, "Output stride of the backbone (hnasnet: always 8).",
+    flags.DEFINE_multi_string("atrous_rates", None,
+                              "ASPP atrous rates (repeat the flag or give a comma list; 'none': no "
+                              "atrous branches). Default: DeepLab's convention for the output stride "
+                              "(12,24,36 at 8, 6,12,18 at 16, 24,48,72 at 4, 3,6,9 at 32).", flag_values=f)
+    flags.DEFINE_integer("output_stride", None,
+                         "Output stride of the backbone: it is fixed by the architecture's path, "
+                         "4 * 2**backbone[-1] (8 for the published one); a different value is refused.",
                          flag_values=f)
-    flags.DEFINE_string("decoder_output_stride", "4",
-                        "Decoder low-level feature stride: 4 (Cell_2), 8 (Cell_5) or 'none' (no decoder).",
-                        flag_values=f)
+    flags.DEFINE_string("decoder_output_stride", "auto",
+                        "Decoder low-level feature stride (4, 8, 16), 'none' (no decoder) or 'auto' "
+                        "(4 unless the path ends at stride 4). The end point is the last cell at that "
+                        "stride before the path first reaches its deepest level (Stem if none): "
+                        "Cell_2 / Cell_5 / Cell_7 for the published path.", flag_values=f)
     flags.DEFINE_boolean("aspp_with_separable_conv", True, "Separable 3x3 atrous convs in ASPP "
                          "(official default; the paper's parameter counts use regular ones: false).",
                          flag_values=f)
@@ -61,7 +67,7 @@ def define_model_flags(flag_values=flags.FLAGS) -> None:
 def define_dataset_flags(flag_values=flags.FLAGS) -> None:
     """--dataset, --dataset_dir, --min_resize_value, --max_resize_value, --resize_factor."""
     f = flag_values
-    flags.DEFINE_string("dataset", "synthetic", "Data set: synthetic (built in), cityscapes, "
+    flags.DEFINE_string("dataset", "synthetic", "Data set: synthetic or synthetic_context (built in), cityscapes, "
                         "pascal_voc_seg, ade20k, or a JSON descriptor path.", flag_values=f)
     flags.DEFINE_string("dataset_dir", None, "Folder of <split>-*.tfrecord shards (official format); "
                         "not needed for the built-in synthetic set.", flag_values=f)
@@ -153,9 +159,20 @@ def parse_size(values, flag: str, allow_none: bool = False) -> tuple[int, int] |
     return sizes
 
 
-def parse_decoder_output_stride(value, flag: str = "decoder_output_stride") -> int | None:
+def parse_atrous_rates(values, flag: str = "atrous_rates") -> tuple[int, ...] | None:
+    """None (unset: the output stride's convention), () for 'none', else the rates."""
+    if values is None:
+        return None
+    if [str(v).strip().lower() for v in ([values] if isinstance(values, str) else values)] == ["none"]:
+        return ()
+    return parse_int_list(values, flag)
+
+
+def parse_decoder_output_stride(value, flag: str = "decoder_output_stride") -> int | str | None:
     if value is None or str(value).strip().lower() in ("", "none"):
         return None
+    if str(value).strip().lower() == "auto":
+        return "auto"
     vals = parse_int_list(value, flag)
     if len(vals) != 1:
         raise FlagError(f"--{flag}: one value expected (4, 8 or none), got {value!r}")
@@ -169,7 +186,7 @@ def model_config_from_flags(flag_values=flags.FLAGS) -> ModelConfig:
         return ModelConfig(
             architecture=f.architecture,
             filter_multiplier=f.nas_stem_output_num_conv_filters,
-            atrous_rates=parse_int_list(f.atrous_rates, "atrous_rates"),
+            atrous_rates=parse_atrous_rates(f.atrous_rates),
             output_stride=f.output_stride,
             decoder_output_stride=parse_decoder_output_stride(f.decoder_output_stride),
             aspp_with_separable_conv=f.aspp_with_separable_conv,

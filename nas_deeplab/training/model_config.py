@@ -21,25 +21,26 @@ DEMO_NAME = "auto_deeplab_demo_f8"
 class ModelConfig:
     architecture: str | None = None        # preset name or architecture.json; None = published, F=8
     filter_multiplier: int | None = None   # --nas_stem_output_num_conv_filters (overrides the file's F)
-    atrous_rates: tuple[int, ...] = (12, 24, 36)
-    output_stride: int = 8
-    decoder_output_stride: int | None = 4
+    # None / "auto": what the architecture's path implies (model/end_points.py); for the published
+    # path that is DeepLab's (12, 24, 36), output stride 8 and the stride-4 decoder on Cell_2.
+    atrous_rates: tuple[int, ...] | None = None
+    output_stride: int | None = None
+    decoder_output_stride: int | str | None = "auto"
     aspp_with_separable_conv: bool = True
     decoder_use_separable_conv: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates or ()))
+        if self.atrous_rates is not None:
+            object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
+            if any(r <= 0 for r in self.atrous_rates):
+                raise ValueError(f"--atrous_rates must be positive, got {list(self.atrous_rates)}")
         if self.filter_multiplier is not None and self.filter_multiplier <= 0:
             raise ValueError(f"--nas_stem_output_num_conv_filters must be positive, got "
                              f"{self.filter_multiplier}")
-        if self.output_stride != 8:
-            raise ValueError(f"--output_stride={self.output_stride}: the hnasnet backbone always ends at "
-                             "output stride 8 (official model.py sizes the heads with it), use 8")
-        if self.decoder_output_stride not in (None, 4, 8):
-            raise ValueError(f"--decoder_output_stride={self.decoder_output_stride}: use 4 (Cell_2) or 8 "
-                             "(Cell_5), or leave it unset for no decoder")
-        if any(r <= 0 for r in self.atrous_rates):
-            raise ValueError(f"--atrous_rates must be positive, got {list(self.atrous_rates)}")
+        for name in ("output_stride", "decoder_output_stride"):
+            value = getattr(self, name)
+            if value not in (None, "auto") and value not in (4, 8, 16, 32):
+                raise ValueError(f"--{name}={value}: must be one of 4, 8, 16, 32 (stride 4 * 2**level)")
 
     def resolve_architecture(self) -> arch_lib.Architecture:
         if self.architecture is None:
@@ -47,10 +48,12 @@ class ModelConfig:
                                       name=DEMO_NAME if not self.filter_multiplier else "published")
         return arch_lib.resolve(self.architecture, self.filter_multiplier)
 
-    def structure(self) -> dict[str, Any]:
-        """The head options that change the variables (recorded in checkpoint metadata)."""
-        return {"atrous_rates": list(self.atrous_rates), "output_stride": self.output_stride,
-                "decoder_output_stride": self.decoder_output_stride,
+    def structure(self, arch: arch_lib.Architecture | None = None) -> dict[str, Any]:
+        """The head options that change the variables (recorded in checkpoint metadata), with the
+        path-derived defaults resolved for `arch` (default: this config's architecture)."""
+        options = self.model_options(1).for_architecture(arch or self.resolve_architecture())
+        return {"atrous_rates": list(options.atrous_rates), "output_stride": options.output_stride,
+                "decoder_output_stride": options.decoder_output_stride,
                 "aspp_with_separable_conv": self.aspp_with_separable_conv,
                 "decoder_use_separable_conv": self.decoder_use_separable_conv}
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from nas_deeplab import architecture
 from nas_deeplab.model.backbone import layer_transitions
 from nas_deeplab.model.deeplab import build_backbone
-from nas_deeplab.model.official_names import official_variable_map
+from nas_deeplab.official.names import official_variable_map
 from nas_deeplab.model.summary import count_trainable_params
 
 # Official graph at 321x321, F=20 (spec section 1.4).

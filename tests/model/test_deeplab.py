@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from nas_deeplab import architecture
 from nas_deeplab.model.deeplab import ModelOptions, build_deeplab, preprocess
-from nas_deeplab.model.official_names import official_variable_map
+from nas_deeplab.official.names import official_variable_map
 from nas_deeplab.model.summary import count_trainable_params
 
 
@@ -95,9 +95,14 @@ def test_step_variable_is_the_callers():
 
 
 def test_options_reject_bad_values():
-    with pytest.raises(ValueError, match="output_stride"):
-        ModelOptions(num_classes=19, output_stride=16)
+    published = architecture.published(8)
+    with pytest.raises(ValueError, match=r"--output_stride=16 .* output stride 8"):
+        ModelOptions(num_classes=19, output_stride=16).for_architecture(published)
+    with pytest.raises(ValueError, match=r"--decoder_output_stride=16 is coarser .* output stride 8"):
+        ModelOptions(num_classes=19, decoder_output_stride=16).for_architecture(published)
     with pytest.raises(ValueError, match="decoder_output_stride"):
         ModelOptions(num_classes=19, decoder_output_stride=2)
+    with pytest.raises(ValueError, match="output_stride"):
+        ModelOptions(num_classes=19, output_stride=12)
     with pytest.raises(ValueError, match="drop_path_keep_prob"):
         ModelOptions(num_classes=19, drop_path_keep_prob=0.0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nas_deeplab import architecture
 from nas_deeplab import resize
 from nas_deeplab.model import inference
 from nas_deeplab.model.deeplab import ModelOptions
@@ -16,7 +17,7 @@ class StrideFourModel:
     """Stands in for DeepLab: logits at stride 4 ((d-1)//4+1 a side) from a per-pixel linear map of
     every 4th pixel, so the expected values are easy to write in NumPy."""
 
-    options = ModelOptions(num_classes=NUM_CLASSES)  # decoder_output_stride 4
+    options = ModelOptions(num_classes=NUM_CLASSES).for_architecture(architecture.published(8))  # decoder 4
 
     def end_points(self, images, training=False):
         assert training is False
@@ -97,4 +98,5 @@ def test_single_scale_is_the_model_output(image):
     np.testing.assert_allclose(got, tf.nn.softmax(model(x)).numpy(), rtol=1e-6)
     np.testing.assert_allclose(got, official_probabilities(image.astype(np.float64), (1.0,), False), atol=2e-6)
     assert inference.is_single_scale([1.0], False) and not inference.is_single_scale([1.0, 1.0], False)
-    assert inference.logits_output_stride(ModelOptions(num_classes=2, decoder_output_stride=None)) == 8
+    no_decoder = ModelOptions(num_classes=2, decoder_output_stride=None)
+    assert inference.logits_output_stride(no_decoder.for_architecture(architecture.published(8))) == 8
