@@ -68,6 +68,30 @@ def decode_cell(alpha: np.ndarray) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(ops), tuple(idx)
 
 
+def count_cell_structures(num_blocks: int, num_ops: int = len(OPS), *, distinct_inputs: bool = False,
+                          ordered: bool = True) -> int:
+    """Size of the cell space: B blocks, each the sum of two branches (input state, op), block i
+    (0-based) choosing its inputs among the i + 2 states H^{l-1}, H^{l-2} and blocks 0..i-1.
+
+    * The paper's 5.6e14 (Sec. 5.1, B = 5) is PNASNet's count, |I_b|^2 |O|^2 per block: both branches
+      chosen independently (an input may repeat), the 8 ops including zero, the branches ordered:
+      `count_cell_structures(5)` = prod_{n=2..6} (8 n)^2 = 8^10 * 720^2 = 556,627,761,561,600.
+    * What `decode_cell` can emit (two distinct predecessors, 7 non-zero ops, stronger first):
+      `count_cell_structures(5, 7, distinct_inputs=True)` = 49^5 * 86,400 = 24,405,861,513,600; as
+      networks (a block's two branches are summed, so their order does not matter) `ordered=False`
+      halves each block: 762,683,172,300.
+    """
+    total = 1
+    for i in range(num_blocks):
+        n = i + 2
+        if distinct_inputs:
+            total *= (n * (n - 1) if ordered else n * (n - 1) // 2) * num_ops ** 2
+        else:
+            m = n * num_ops  # choices of one branch
+            total *= m * m if ordered else m * (m + 1) // 2
+    return total
+
+
 def decode_network(beta: np.ndarray) -> list[int]:
     """beta [L, 4, 3] logits -> backbone levels (0 = stride 4) of the Viterbi path."""
     return trellis.viterbi(trellis.softmax_beta_np(beta))

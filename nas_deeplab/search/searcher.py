@@ -12,6 +12,14 @@ Optimisers (paper Sec. 5.1; conventions stated because the paper does not give t
   coupled (g += wd * a).
 Loss: softmax cross-entropy averaged over the valid pixels of the global batch.
 
+Input (paper Sec. 5.1: "321x321 random crops from half-resolution (512x1024) images"): the records are
+used at their stored resolution (build half-resolution Cityscapes with `build_cityscapes_data.py
+--resize_factor=0.5`), then DeepLab's training preprocessing: random scale, pad, random crop, flip.
+The paper states no random scaling for the search, so the default is none (min = max scale 1.0): a scale
+s would show the search 0.5*s-resolution images instead of the stated half resolution. DeepLab's
+train.py range (0.5 to 2.0, step 0.25, the retraining protocol) is one flag away; the left-right flip
+is always on (DeepLab's pipeline; the paper does not say). The per-epoch val crops never scale.
+
 Resume: checkpoints hold the weights, alpha, beta, both optimisers and the global step. The data order
 and augmentation of every epoch are a pure function of (seed, epoch) (a fresh pipeline per epoch,
 `skip` to the step within the epoch), and the trainA/trainB halves depend on `split_seed` only, so a
@@ -31,8 +39,8 @@ import numpy as np
 import tensorflow as tf
 
 from nas_deeplab import architecture, io_utils
-from nas_deeplab.search import decode, supernet, visualize
-from nas_deeplab.training import distribute, losses, memory, progress
+from nas_deeplab.search import decidedness, decode, supernet, visualize
+from nas_deeplab.training import distribute, guarded_update, losses, memory, progress
 
 
 class SearchError(RuntimeError):
@@ -66,9 +74,15 @@ class SearchConfig:
     arch_beta_1: float = 0.5
     arch_beta_2: float = 0.999
     arch_weight_decay: float = 1e-3
+    # Random scale of the trainA/trainB crops (DeepLab's get_random_scale; see the module docstring
+    # for why none by default).
+    min_scale_factor: float = 1.0
+    max_scale_factor: float = 1.0
+    scale_factor_step_size: float = 0.25  # 0: uniform in [min, max]
     val_steps: int = 4                # batches of fixed val crops for the per-epoch val mIoU (0: off)
     recompute: bool = False           # recompute nodes in the backward pass (less memory, more time)
     recompute_levels: tuple = ()      # ... or only the nodes of these levels (0: stride 4, the largest)
+    supernet: str = "fused"           # or "reference": search/reference.py, edge by edge (slow)
     log_every: int = 10
     checkpoint_every: int = 0         # steps; 0: at the end of every epoch only
     stop_after_step: Optional[int] = None  # stop (checkpointed) after this global step: simulates an interruption
@@ -89,9 +103,19 @@ class SearchConfig:
         need(1 <= self.num_levels <= 4, f"--num_levels must be 1..4 (strides 4..32), got {self.num_levels}")
         bad = [v for v in self.recompute_levels if not 0 <= int(v) < self.num_levels]
         need(not bad, f"--recompute_levels: {bad} not in 0..{self.num_levels - 1} (the trellis levels)")
+        need(self.supernet in ("fused", "reference"),
+             f"--supernet={self.supernet!r}: choose one of ['fused', 'reference']")
+        need(self.supernet == "fused" or not (self.recompute or self.recompute_levels),
+             "--recompute and --recompute_levels apply to --supernet=fused only")
         need(self.weight_lr > 0 and self.arch_lr > 0, "learning rates must be positive")
         need(0 <= self.weight_lr_min <= self.weight_lr,
              f"--weight_lr_min must be in [0, --weight_lr], got {self.weight_lr_min}")
+        need(self.min_scale_factor > 0, f"--min_scale_factor must be > 0, got {self.min_scale_factor}")
+        need(self.max_scale_factor >= self.min_scale_factor,
+             f"--max_scale_factor={self.max_scale_factor} must be >= "
+             f"--min_scale_factor={self.min_scale_factor}")
+        need(self.scale_factor_step_size >= 0,
+             f"--scale_factor_step_size must be >= 0 (0: uniform), got {self.scale_factor_step_size}")
         need(self.strategy in distribute.STRATEGIES,
              f"--strategy={self.strategy!r}: choose one of {list(distribute.STRATEGIES)}")
         if (self.crop_size - 1) % 32:
@@ -100,8 +124,13 @@ class SearchConfig:
 
 
 # Settings that must not change when a search resumes.
+# Below these a search returns (close to) its prior: warned about at the start (issue: "say how decided").
+MIN_STEPS_PER_EPOCH = 5
+MIN_ARCH_STEPS = 100
+
 _RESUME_KEYS = ("epochs", "steps_per_epoch", "crop_size", "batch_size", "filter_multiplier", "num_layers",
-                "num_blocks", "num_levels", "seed", "split_seed", "dataset", "arch_start_epoch")
+                "num_blocks", "num_levels", "seed", "split_seed", "dataset", "arch_start_epoch",
+                "min_scale_factor", "max_scale_factor", "scale_factor_step_size", "supernet")
 
 
 @dataclasses.dataclass
@@ -112,6 +141,7 @@ class SearchResult:
     step: int
     finished: bool
     timings: dict
+    summary: Optional[dict] = None     # decidedness.summarize: how decided the result is
 
 
 def _npy_bytes(a) -> bytes:
@@ -155,10 +185,15 @@ class Searcher:
 
         t0 = time.monotonic()
         with self.strategy.scope():
-            self.net = supernet.Supernet(supernet.SupernetConfig(
+            net_config = supernet.SupernetConfig(
                 num_classes=self.desc.num_classes, num_layers=cfg.num_layers, num_blocks=cfg.num_blocks,
                 filter_multiplier=cfg.filter_multiplier, num_levels=cfg.num_levels,
-                recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels)), seed=cfg.seed)
+                recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels))
+            if cfg.supernet == "reference":  # the same function edge by edge (search/reference.py)
+                from nas_deeplab.search import reference
+                self.net = reference.ReferenceSupernet(net_config, seed=cfg.seed)
+            else:
+                self.net = supernet.Supernet(net_config, seed=cfg.seed)
             import keras
             schedule = keras.optimizers.schedules.CosineDecay(
                 cfg.weight_lr, decay_steps=max(1, self.total_steps), alpha=cfg.weight_lr_min / cfg.weight_lr)
@@ -183,7 +218,8 @@ class Searcher:
     # -- data ----------------------------------------------------------------------------------
     def _dataset(self, subset, epoch, skip=0, split=None, seed_offset=0):
         cfg = self.cfg
-        kw = {}
+        kw = dict(min_scale_factor=cfg.min_scale_factor, max_scale_factor=cfg.max_scale_factor,
+                  scale_factor_step_size=cfg.scale_factor_step_size)
         if subset is None:  # fixed val crops: no scale augmentation, same crops every epoch
             kw = dict(min_scale_factor=1.0, max_scale_factor=1.0)
         def build(batch_size, num_shards, shard_index):
@@ -222,22 +258,23 @@ class Searcher:
                 grads = tape.gradient(loss, variables)
                 # Coupled L2; divided by the replica count because the optimiser SUMs replica grads.
                 grads = [g + (wd / nrep) * v for g, v in zip(grads, variables)]
-                loss_ok = tf.cast(tf.math.is_finite(loss), tf.float32)
-                grads_ok = tf.cast(tf.math.is_finite(tf.linalg.global_norm(grads)), tf.float32)
-                ok = loss_ok * grads_ok > 0
-                grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]  # never apply a bad update
-                opt.apply_gradients(zip(grads, variables))
-                return loss, loss_ok, grads_ok, confusion(logits, batch["label"])
+                # A non-finite loss or gradient on any replica refuses the step on all of them:
+                # nothing applied, optimizer slots and iterations untouched (as in the trainer).
+                bad = guarded_update.nonfinite_flags([loss] + grads)
+                guarded_update.apply_if(tf.equal(tf.reduce_sum(bad), 0.0), grads, variables, opt)
+                return loss, bad, confusion(logits, batch["label"])
 
             @tf.function
             def step(dist_batch):
-                loss, lok, gok, conf = strategy.run(replica, args=(dist_batch,))
+                loss, bad, conf = strategy.run(replica, args=(dist_batch,))
                 r = strategy.reduce
                 S = tf.distribute.ReduceOp.SUM
-                # flags are 1/0 per replica: "ok" iff every replica is ok
-                return {"loss": r(S, loss, axis=None), "loss_ok": r(S, lok, axis=None) / nrep,
-                        "grads_ok": r(S, gok, axis=None) / nrep, "confusion": r(S, conf, axis=None)}
+                # bad: per tensor (loss, then each gradient), how many replicas saw a non-finite
+                # value; all-reduced, so every replica holds the same vector.
+                return {"loss": r(S, loss, axis=None), "bad": strategy.experimental_local_results(bad)[0],
+                        "confusion": r(S, conf, axis=None)}
             step.grads_name = grads_name
+            step.variable_names = [v.name.split(":")[0] for v in variables]
             return step
 
         self.weight_step = make(net.weight_variables, self.weight_opt, cfg.weight_decay, "weights")
@@ -274,19 +311,75 @@ class Searcher:
         return out, loss
 
     def _check(self, out, step, which):
-        if float(out["loss_ok"]) < 1 - 1e-6:
-            raise SearchError(f"non-finite loss at step {step} in the {which} step ({float(out['loss'])}); "
-                              f"the step was refused, the last good checkpoint is kept in "
-                              f"{self.manager.directory}")
-        if float(out["grads_ok"]) < 1 - 1e-6:
-            grads = self.weight_step.grads_name if which == "weight" else self.arch_step.grads_name
-            raise SearchError(f"non-finite gradients of the {grads} at step {step} ({which} step); the step "
-                              f"was refused, the last good checkpoint is kept in {self.manager.directory}")
+        """Raise SearchError if the step was refused (see `guarded_update`): the search stops at
+        the first refused step, like the trainer, naming the step and where it went non-finite."""
+        bad = np.asarray(out["bad"])
+        if not bad.any():
+            return
+        fn = self.weight_step if which == "weight" else self.arch_step
+        first = int(np.flatnonzero(bad)[0])
+        where = (f"non-finite loss at step {step} in the {which} step ({float(out['loss'])})" if first == 0
+                 else f"non-finite gradients of the {fn.grads_name} at step {step} ({which} step; first "
+                      f"{fn.variable_names[first - 1]})")
+        raise SearchError(f"{where}, on {int(bad[first])} of {self.num_replicas} replica(s); 1 step refused "
+                          f"(nothing applied on any replica: variables and optimizer state unchanged) and "
+                          f"the search stopped; the last good checkpoint is kept in {self.manager.directory}")
 
     # -- outputs -------------------------------------------------------------------------------
     def current_architecture(self) -> architecture.Architecture:
         return decode.decode(self.net.alpha.numpy(), self.net.beta.numpy(), self.cfg.filter_multiplier,
                              name="searched")
+
+    @property
+    def arch_start_step(self) -> int:
+        return self.cfg.arch_start_epoch * self.steps_per_epoch
+
+    def search_summary(self, alpha, beta) -> dict:
+        """How decided alpha/beta are (search/decidedness.py), against their values at the start of
+        the architecture steps (alpha_start.npy / beta_start.npy)."""
+        d = self.cfg.output_dir
+        starts = [os.path.join(d, f) for f in ("alpha_start.npy", "beta_start.npy")]
+        a0, b0 = (np.load(p) for p in starts) if all(map(os.path.exists, starts)) else (None, None)
+        arch_steps = max(0, int(self.step.numpy()) - self.arch_start_step)
+        return decidedness.summarize(alpha, beta, a0, b0, arch_steps=arch_steps)
+
+    def _record_arch_start(self, step: int):
+        """alpha/beta only change in architecture steps, so before the first one their current values
+        are the start values the final summary measures movement from (kept across resumes)."""
+        d = self.cfg.output_dir
+        if not self.chief or step > self.arch_start_step or os.path.exists(os.path.join(d, "beta_start.npy")):
+            return
+        io_utils.atomic_write_bytes(os.path.join(d, "alpha_start.npy"), _npy_bytes(self.net.alpha.numpy()))
+        io_utils.atomic_write_bytes(os.path.join(d, "beta_start.npy"), _npy_bytes(self.net.beta.numpy()))
+
+    def _warn_if_too_short(self):
+        """A search that cannot move alpha/beta far returns its prior: say so before it runs."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        arch_steps = max(0, self.total_steps - self.arch_start_step)
+        if spe < MIN_STEPS_PER_EPOCH:
+            self.log(f"warning: an epoch is only {spe} step(s) (trainA of the {self.desc.name} train split "
+                     f"at --batch_size={cfg.batch_size}{', capped by --steps_per_epoch' if cfg.steps_per_epoch else ''}"
+                     f"): use a larger data set or a smaller batch")
+        if arch_steps < MIN_ARCH_STEPS:
+            self.log(f"warning: only {arch_steps} architecture steps (--epochs={cfg.epochs}, "
+                     f"--arch_start_epoch={cfg.arch_start_epoch}, {spe} steps per epoch); fewer than "
+                     f"{MIN_ARCH_STEPS} barely move alpha/beta from their initialisation, so the result "
+                     "will be close to the prior (more --epochs, or an earlier --arch_start_epoch)")
+
+    def _arch_scalars(self, writer, step):
+        """TensorBoard: alpha/beta entropy and the decoded path over time (a text entry when it changes)."""
+        alpha, beta = self.net.alpha.numpy(), self.net.beta.numpy()
+        ent_a, ent_b = decidedness.entropies(alpha, beta)
+        path = decode.decode_network(beta)
+        if path != getattr(self, "_last_path", None):
+            self._path_changes = getattr(self, "_path_changes", -1) + 1
+            self._last_path = path
+            with writer.as_default():
+                tf.summary.text("arch/path", f"step {step}: {path}", step=step)
+        with writer.as_default():
+            tf.summary.scalar("arch/alpha_entropy", ent_a, step=step)
+            tf.summary.scalar("arch/beta_entropy", ent_b, step=step)
+            tf.summary.scalar("arch/path_changes", self._path_changes, step=step)
 
     def write_outputs(self, writer=None, epoch=None):
         """architecture.json, alpha.npy, beta.npy and the PNGs (all atomic); TensorBoard images."""
@@ -295,7 +388,9 @@ class Searcher:
         d = self.cfg.output_dir
         alpha, beta = self.net.alpha.numpy(), self.net.beta.numpy()
         arch = self.current_architecture()
-        arch.save(os.path.join(d, "architecture.json"))
+        self.summary = self.search_summary(alpha, beta)
+        record = dict(arch.to_dict(), search_summary=self.summary)   # read back by Architecture.load
+        io_utils.atomic_write_text(os.path.join(d, "architecture.json"), json.dumps(record, indent=2) + "\n")
         io_utils.atomic_write_bytes(os.path.join(d, "alpha.npy"), _npy_bytes(alpha))
         io_utils.atomic_write_bytes(os.path.join(d, "beta.npy"), _npy_bytes(beta))
         cell = visualize.cell_png(arch)
@@ -344,6 +439,8 @@ class Searcher:
             f"{cfg.arch_start_epoch}, crop {cfg.crop_size}, global batch {cfg.batch_size} on "
             f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
             f"{self.net.parameter_count():,} supernet weights; build {self.timings['build_s']:.1f} s")
+        self._warn_if_too_short()
+        self._record_arch_start(start)
         bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)
         timed = set()  # steps whose first call (trace + first run) has been timed and logged
         step = start
@@ -372,6 +469,8 @@ class Searcher:
                             tf.summary.scalar(f"loss/{k[5:] if k.startswith('loss_') else k}", v, step=step)
                         tf.summary.scalar("lr/weights", lr, step=step)
                         tf.summary.scalar("lr/arch", cfg.arch_lr, step=step)
+                    if self.chief and (step % cfg.log_every == 0 or step == self.total_steps):
+                        self._arch_scalars(writer, step)
                 bar.update(step, epoch=epoch + 1, lr=lr, **scalars)
                 stop_now = cfg.stop_after_step is not None and step >= cfg.stop_after_step
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_now:
@@ -407,8 +506,10 @@ class Searcher:
                                   "arch": self.arch_step.experimental_get_tracing_count(),
                                   "eval": self.eval_step.experimental_get_tracing_count()}
         log(f"peak resident memory {self.timings['peak_rss_mib']:.0f} MiB")
+        summary = getattr(self, "summary", None) or self.search_summary(self.net.alpha.numpy(),
+                                                                         self.net.beta.numpy())
         return SearchResult(arch, os.path.join(cfg.output_dir, "architecture.json"), cfg.output_dir, step,
-                            finished, dict(self.timings))
+                            finished, dict(self.timings), summary)
 
     def validate(self) -> float:
         it = self._dataset(None, 0, split=self.desc.default_eval_split, seed_offset=12345)

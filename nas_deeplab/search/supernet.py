@@ -14,7 +14,7 @@ What it computes (per node (l, v) of `trellis`, F filter multiplier, C = F * 2**
   `_cell_base` rule for a prev_layer of another resolution. In a stride-2 cell the second input is
   already at the output resolution (eq. 6), so only the ops reading H^{l-1} stride (deviation from the
   official cell, where both inputs are at the input resolution).
-* The cell's block ops are shared by the node's incoming directions (paper eq. 6: one Cell per node).
+* The cell's block ops are shared by the node's incoming directions (see "one cell per node" below).
 * Mixed op = sum_k softmax(alpha)[e, k] * op_k with the 8 candidates of `architecture.OP_VOCABULARY`,
   official semantics (ReLU -> conv -> BN; separable = two stacked separable layers; atrous = regular
   conv dilation 2; strided sep = fixed padding + VALID; strided atrous = bilinear x0.5 then rate-1 conv;
@@ -24,10 +24,25 @@ What it computes (per node (l, v) of `trellis`, F filter multiplier, C = F * 2**
   values are degenerate), B*C filters each, concatenated, 1x1 (+bias) to class logits, bilinearly
   upsampled (align_corners) to the input size and summed over the levels.
 
-Deviations (documented, deliberate): every BN in the supernet is non-affine and always normalises with
-the current batch statistics (DARTS search convention: no learned scale confounds alpha, no moving
-averages), so "eval" of the supernet also uses batch statistics; BN statistics are per direction (as
-separate cell calls would compute them) and per replica.
+Deviations and interpretations (documented, deliberate):
+* BN: every BN in the supernet is non-affine and always normalises with the current batch statistics
+  (DARTS search convention: no learned scale confounds alpha, no moving averages), so "eval" of the
+  supernet also uses batch statistics; BN statistics are per direction (as separate cell calls would
+  compute them) and per replica.
+* One cell per node: a node's 2-3 incoming directions (the three Cell(.; alpha) terms of eq. 6) share
+  one set of block-op weights; only the input 1x1 pre_d (its input channels differ) and the BN
+  statistics are per direction. Eq. 6 does not say whether the terms are one cell or three (alpha is
+  shared either way); the public PyTorch re-implementation (NoamRosenberg/autodeeplab,
+  `cell_level_search.Cell`: preprocess_down/same/up, one `_ops` list run on every direction) does the
+  same. Separate cells would give a node with D incoming directions D times the op weights.
+* Stem: the official 3-conv stem (3x3/2 64 -> 3x3 64 -> 3x3/2 128, `stem_filters`; the retraining stem
+  of Sec. 5.2), where Sec. 3.2 describes the search stem as "two layers" that each halve the resolution.
+  It still ends at stride 4 with an OS2 state before it, so the trellis and eq. 6 are unchanged; the
+  PyTorch re-implementation also uses three convs.
+* Search ASPP: the three branches of Sec. 5.1 (1x1, 3x3 at rate 96/s, image pooling, B*F*s/4 filters
+  each); their concatenation goes straight to the 1x1 logits, with no 1x1 projection (conv, BN, ReLU)
+  after the concat as DeepLab's ASPP has (the paper names none). The image-pooling branch has a bias
+  instead of BN (batch 2: BN over two pooled values is degenerate).
 
 How it stays small (the graph compiler is the bottleneck, not FLOPs):
 * The incoming directions of a node are stacked along CHANNELS ([N, h, w, D*C]); convs use grouped

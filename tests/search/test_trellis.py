@@ -70,3 +70,34 @@ def test_viterbi_small_spaces_and_forced_path():
         beta[l, prev, v - prev + 1] = 5.0
         prev = v
     assert trellis.viterbi(trellis.softmax_beta_np(beta)) == target
+
+
+def _random_path(rng, num_layers, num_levels, first):
+    """A random level sequence the trellis allows: layer 0 at `first` (0 or 1: stride 4 or 8, reached
+    from the stride-4 stem), then steps of -1 / 0 / +1 inside 0..num_levels-1."""
+    path = [first]
+    for _ in range(num_layers - 1):
+        path.append(int(rng.choice([v for v in (path[-1] - 1, path[-1], path[-1] + 1)
+                                    if 0 <= v < num_levels])))
+    return path
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_viterbi_decodes_a_dominant_random_path_exactly(seed):
+    """Random beta (std 1) plus +20 on one random path's transitions: every other path leaves it
+    through a transition about e^-20 times as likely, so Viterbi must return exactly that path
+    (checked against the path itself, not against path_log_prob), starting at stride 4 or 8."""
+    rng = np.random.default_rng(100 + seed)
+    starts_at_8 = 0
+    for num_levels in (1, 2, 3, 4):
+        for num_layers in (1, 2, 5, 12):
+            for first in range(min(2, num_levels)):
+                path = _random_path(rng, num_layers, num_levels, first)
+                beta = rng.standard_normal((num_layers, num_levels, 3))
+                prev = 0  # the stem
+                for layer, level in enumerate(path):
+                    beta[layer, prev, level - prev + 1] += 20.0
+                    prev = level
+                assert trellis.viterbi(trellis.softmax_beta_np(beta)) == path, (num_levels, path)
+                starts_at_8 += path[0] == 1
+    assert starts_at_8 == 3 * 4
