@@ -28,11 +28,13 @@ def find_split(root: str, split: str) -> list[builder.Pair]:
 
 
 def build(ade_root: str, output_dir: str, splits=("train", "val"), num_shards: int = NUM_SHARDS,
-          log=None) -> dict[str, int]:
-    """`ade_root` is the ADEChallengeData2016 folder."""
+          log=None, resize_factor: float | None = None) -> dict[str, int]:
+    """`ade_root` is the ADEChallengeData2016 folder. `resize_factor`: see `builder.build_split`."""
+    builder.check_resize_factor(resize_factor)
     jobs = {s: find_split(ade_root, s) for s in splits}
     for s, pairs in jobs.items():
         builder.validate_pairs(pairs, NUM_CLASSES, IGNORE_LABEL, None, log, s)
     return {s: builder.build_split(pairs, output_dir, s, num_classes=NUM_CLASSES, ignore_label=IGNORE_LABEL,
-                                   num_shards=num_shards, log=log, validated=True)
+                                   num_shards=num_shards, log=log, validated=True,
+                                   resize_factor=resize_factor)
             for s, pairs in jobs.items()}

@@ -66,8 +66,10 @@ def find_split(root: str, split: str) -> tuple[list[builder.Pair], bool]:
 
 
 def build(cityscapes_root: str, output_dir: str, splits=("train", "val"), num_shards: int = NUM_SHARDS,
-          log=None) -> dict[str, int]:
-    """Write <train_fine|val_fine|test_fine>-*.tfrecord; validates every split before writing."""
+          log=None, resize_factor: float | None = None) -> dict[str, int]:
+    """Write <train_fine|val_fine|test_fine>-*.tfrecord; validates every split before writing.
+    `resize_factor=0.5` writes the half-resolution (512x1024) set the paper searches on (Sec. 5.1)."""
+    builder.check_resize_factor(resize_factor)
     found = {s: find_split(cityscapes_root, s) for s in splits}
     for s, (pairs, conv) in found.items():
         builder.validate_pairs(pairs, NUM_CLASSES, IGNORE_LABEL,
@@ -79,5 +81,5 @@ def build(cityscapes_root: str, output_dir: str, splits=("train", "val"), num_sh
         sizes[SPLITS.get(s, s)] = builder.build_split(
             pairs, output_dir, SPLITS.get(s, s), num_classes=NUM_CLASSES, ignore_label=IGNORE_LABEL,
             num_shards=num_shards, label_fn=labelids_to_trainids if conv else None, log=log,
-            validated=True)
+            validated=True, resize_factor=resize_factor)
     return sizes

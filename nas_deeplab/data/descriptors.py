@@ -8,7 +8,11 @@ data set needs no code: `get_descriptor("path/to/my_set.json")` reads a small JS
      "splits_to_sizes": {"train": 120, "val": 30},
      "class_names": ["background", "road", "car"],          # optional
      "palette": [[0, 0, 0], [128, 64, 128], [0, 0, 142]],   # optional (generated if absent)
-     "default_train_split": "train", "default_eval_split": "val"}   # optional
+     "default_train_split": "train", "default_eval_split": "val",   # optional
+     "dataset_dir": "."}    # optional: the shards' folder, relative to this file
+
+A descriptor file needs no `--dataset_dir` when it names its folder, or when it sits in the folder that
+holds the shards (as `datasets/build_custom_data.py` writes it).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class DatasetDescriptor:
     palette: np.ndarray | None = None  # [num_classes, 3] uint8
     train_split: str | None = None
     eval_split: str | None = None
+    dataset_dir: str | None = None     # the shards' folder, when a descriptor file tells it
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -114,6 +119,12 @@ SYNTHETIC_PALETTE = ((0, 0, 0), (220, 60, 50), (60, 180, 75), (60, 90, 220), (24
 # Default sizes of the built-in synthetic set (nas_deeplab.data.synthetic builds exactly these).
 SYNTHETIC_NUM_TRAIN = 96
 SYNTHETIC_NUM_VAL = 24
+# The built-in context set (nas_deeplab.data.synthetic_context), where the architecture matters.
+SYNTHETIC_CONTEXT_CLASSES = ("background", "small_disc", "large_disc", "square", "nucleus", "ring", "line")
+SYNTHETIC_CONTEXT_PALETTE = ((0, 0, 0), (220, 60, 50), (60, 90, 220), (60, 180, 75), (240, 200, 40),
+                             (200, 80, 220), (255, 255, 255))
+SYNTHETIC_CONTEXT_NUM_TRAIN = 96
+SYNTHETIC_CONTEXT_NUM_VAL = 24
 
 _BUILTINS = {
     "cityscapes": DatasetDescriptor(
@@ -131,6 +142,10 @@ _BUILTINS = {
     "synthetic": DatasetDescriptor(
         "synthetic", len(SYNTHETIC_CLASSES), 255, {"train": SYNTHETIC_NUM_TRAIN, "val": SYNTHETIC_NUM_VAL},
         SYNTHETIC_CLASSES, np.array(SYNTHETIC_PALETTE, np.uint8), "train", "val"),
+    "synthetic_context": DatasetDescriptor(
+        "synthetic_context", len(SYNTHETIC_CONTEXT_CLASSES), 255,
+        {"train": SYNTHETIC_CONTEXT_NUM_TRAIN, "val": SYNTHETIC_CONTEXT_NUM_VAL},
+        SYNTHETIC_CONTEXT_CLASSES, np.array(SYNTHETIC_CONTEXT_PALETTE, np.uint8), "train", "val"),
 }
 
 BUILTIN_NAMES = tuple(_BUILTINS)
@@ -142,7 +157,7 @@ def descriptor_from_json_dict(d: dict, source: str = "<dict>") -> DatasetDescrip
     if missing:
         raise DataError(f"dataset descriptor {source}: missing key(s) {missing}; required {list(required)}")
     unknown = set(d) - set(required) - {"class_names", "palette", "default_train_split",
-                                         "default_eval_split"}
+                                         "default_eval_split", "dataset_dir"}
     if unknown:
         raise DataError(f"dataset descriptor {source}: unknown key(s) {sorted(unknown)}")
     try:
@@ -151,15 +166,30 @@ def descriptor_from_json_dict(d: dict, source: str = "<dict>") -> DatasetDescrip
             splits_to_sizes={str(k): int(v) for k, v in dict(d["splits_to_sizes"]).items()},
             class_names=tuple(d.get("class_names", ())),
             palette=None if d.get("palette") is None else np.asarray(d["palette"]),
-            train_split=d.get("default_train_split"), eval_split=d.get("default_eval_split"))
+            train_split=d.get("default_train_split"), eval_split=d.get("default_eval_split"),
+            dataset_dir=_records_dir(d.get("dataset_dir"), source))
     except DataError as e:
         raise DataError(f"dataset descriptor {source}: {e}") from None
     except (TypeError, ValueError) as e:
         raise DataError(f"dataset descriptor {source}: {e}") from None
 
 
+def _records_dir(named: str | None, source: str) -> str | None:
+    """The folder a descriptor file's shards are in: its "dataset_dir" (relative to the file), else
+    the file's own folder when that holds TFRecord shards, else None (then --dataset_dir is needed)."""
+    if not os.path.isfile(source):
+        return named
+    here = os.path.dirname(os.path.abspath(source))
+    if named is not None:
+        return os.path.normpath(os.path.join(here, str(named)))
+    if any(f.endswith(".tfrecord") for f in os.listdir(here)):
+        return here
+    return None
+
+
 def get_descriptor(name_or_path: str | DatasetDescriptor) -> DatasetDescriptor:
-    """A built-in name (cityscapes, pascal_voc_seg, ade20k, synthetic) or a path to a JSON descriptor."""
+    """A built-in name (cityscapes, pascal_voc_seg, ade20k, synthetic, synthetic_context) or a path to a
+    JSON descriptor."""
     if isinstance(name_or_path, DatasetDescriptor):
         return name_or_path
     if name_or_path in _BUILTINS:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -30,12 +31,12 @@ CACHE_NAME = "synthetic-v1"  # bump when the generator's output changes
 DEFAULT_SEED = 0
 MIN_SIZE, MAX_SIZE = 97, 161
 NUM_SHARDS = 2
-_COMPLETE_MARK = "descriptor.json"
+COMPLETE_MARK = "descriptor.json"
 
 _COLOURS = {1: (210, 60, 50), 2: (60, 170, 70), 3: (50, 80, 210), 4: (230, 200, 40), 5: (200, 70, 210)}
 
 
-def _png(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -131,12 +132,12 @@ def write_dataset(output_dir: str, seed: int = DEFAULT_SEED, num_train: int = de
         with ShardWriter(output_dir, split, num_shards, n) as writer:
             for i in range(n):
                 image, label = generate_scene(rs, desc.num_classes, desc.ignore_label, ignore_prob)
-                writer.write(encode_example(_png(image), f"synthetic_{split}_{i:05d}", image.shape[0],
-                                            image.shape[1], _png(label), "png"))
+                writer.write(encode_example(png_bytes(image), f"synthetic_{split}_{i:05d}", image.shape[0],
+                                            image.shape[1], png_bytes(label), "png"))
         sizes[split] = n
     d = desc.to_json_dict()
     d["splits_to_sizes"] = sizes
-    with open(os.path.join(output_dir, _COMPLETE_MARK), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, COMPLETE_MARK), "w", encoding="utf-8") as f:
         json.dump(d, f, indent=1)
     return sizes
 
@@ -146,35 +147,52 @@ def build(output_dir: str, seed: int = DEFAULT_SEED, num_train: int = descriptor
           overwrite: bool = False, ignore_prob: float = 0.3) -> str:
     """Build the set atomically into `output_dir` (a folder that appears only when complete)."""
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a data set folder is normally shared
+        make_shared(tmp)
         write_dataset(tmp, seed, num_train, num_val, num_shards, ignore_prob)
     return output_dir
 
 
-def default_cache_dir() -> str:
+def make_shared(folder: str) -> None:
+    """Give a build's temporary folder the umask's permissions: mkdtemp makes it 0700, and a data set
+    folder is normally shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _generator(name: str):
+    """The module that draws built-in set `name` (its `build`, `CACHE_NAME`, `ensure_builtin_dataset`),
+    or None for a data set that is read from disk only. Looked up at call time, so tests can patch it."""
+    if name == "synthetic":
+        return sys.modules[__name__]
+    if name == "synthetic_context":
+        from nas_deeplab.data import synthetic_context  # it imports this module: import here
+        return synthetic_context
+    return None
+
+
+def default_cache_dir(name: str = "synthetic") -> str:
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "nas_deeplab")
-    return os.path.join(root, CACHE_NAME)
+    return os.path.join(root, _generator(name).CACHE_NAME)
 
 
-def ensure_builtin_dataset(cache_dir: str | None = None, **build_kwargs) -> str:
-    """The built-in set's folder, building it on first use (atomically; later calls are instant).
+def ensure_builtin_dataset(cache_dir: str | None = None, name: str = "synthetic", **build_kwargs) -> str:
+    """Built-in set `name`'s folder, building it on first use (atomically; later calls are instant).
 
-    `cache_dir` is the data set folder itself (default $NAS_DEEPLAB_CACHE/synthetic-v1, or
+    `cache_dir` is the data set folder itself (default $NAS_DEEPLAB_CACHE/<CACHE_NAME>, e.g.
     ~/.cache/nas_deeplab/synthetic-v1); `build_kwargs` (seed, num_train, ...) are for tests.
     """
-    path = cache_dir or default_cache_dir()
-    if os.path.isfile(os.path.join(path, _COMPLETE_MARK)):
+    path = cache_dir or default_cache_dir(name)
+    if os.path.isfile(os.path.join(path, COMPLETE_MARK)):
         return path
     if os.path.isdir(path) and os.listdir(path):
-        raise DataError(f"{path} exists but holds no complete synthetic data set ({_COMPLETE_MARK} "
+        raise DataError(f"{path} exists but holds no complete {name} data set ({COMPLETE_MARK} "
                         f"missing); remove it or point ${CACHE_ENV} elsewhere")
     try:
-        build(path, **build_kwargs)
+        _generator(name).build(path, **build_kwargs)
     except (OutputError, OSError):
         # Another process may have won the race to rename its finished build into place.
-        if not os.path.isfile(os.path.join(path, _COMPLETE_MARK)):
+        if not os.path.isfile(os.path.join(path, COMPLETE_MARK)):
             raise
     return path
 
@@ -182,26 +200,31 @@ def ensure_builtin_dataset(cache_dir: str | None = None, **build_kwargs) -> str:
 def resolve_dataset(dataset_flag: str | None, dataset_dir_flag: str | None):
     """(descriptor, dataset_dir) from the CLI flags --dataset / --dataset_dir.
 
-    `synthetic` (the default) without a folder uses the cached built-in set; any other data set
-    needs --dataset_dir, which must exist. A synthetic folder's own descriptor.json (written by the
-    builder) supplies the split sizes it was actually built with.
+    `synthetic` (the default) or `synthetic_context` without a folder uses the cached built-in set;
+    any other data set needs --dataset_dir, which must exist. A built-in set's folder's own
+    descriptor.json (written by its builder) supplies the split sizes it was actually built with.
     """
     name = dataset_flag or "synthetic"
     desc = descriptors.get_descriptor(name)
+    generator = _generator(name)
+    if not dataset_dir_flag and desc.dataset_dir:
+        dataset_dir_flag = desc.dataset_dir        # a descriptor file that names its own folder
+        if not os.path.isdir(dataset_dir_flag):
+            raise DataError(f"--dataset={name}: its dataset_dir {dataset_dir_flag} does not exist")
     if not dataset_dir_flag:
-        if name != "synthetic":
+        if generator is None:
             raise DataError(f"--dataset={name} needs --dataset_dir (a folder of <split>-*.tfrecord "
                             f"shards built by datasets/build_*_data.py)")
-        dataset_dir = ensure_builtin_dataset()
+        dataset_dir = generator.ensure_builtin_dataset()
     elif not os.path.isdir(dataset_dir_flag):
         raise DataError(f"--dataset_dir={dataset_dir_flag} does not exist")
     else:
         dataset_dir = dataset_dir_flag
-    own = os.path.join(dataset_dir, _COMPLETE_MARK)
-    if name == "synthetic" and os.path.isfile(own):
+    own = os.path.join(dataset_dir, COMPLETE_MARK)
+    if generator is not None and os.path.isfile(own):
         built = descriptors.get_descriptor(own)
         if built.num_classes != desc.num_classes or built.ignore_label != desc.ignore_label:
             raise DataError(f"{own} describes {built.num_classes} classes / ignore {built.ignore_label}, "
-                            f"not the built-in synthetic set's {desc.num_classes} / {desc.ignore_label}")
+                            f"not the built-in {name} set's {desc.num_classes} / {desc.ignore_label}")
         desc = built
     return desc, dataset_dir

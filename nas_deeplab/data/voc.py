@@ -46,9 +46,10 @@ def colour_map_to_ids(label, path):
 
 def build(voc_root: str, output_dir: str, splits=("train", "val", "trainval"),
           train_aug_list: str | None = None, aug_label_dir: str | None = None,
-          num_shards: int = NUM_SHARDS, log=None) -> dict[str, int]:
+          num_shards: int = NUM_SHARDS, log=None, resize_factor: float | None = None) -> dict[str, int]:
     """`voc_root` is VOCdevkit/VOC2012. With `train_aug_list`, also writes split train_aug using
-    `aug_label_dir` (default <voc_root>/SegmentationClassAug)."""
+    `aug_label_dir` (default <voc_root>/SegmentationClassAug). `resize_factor`: see `builder.build_split`."""
+    builder.check_resize_factor(resize_factor)
     image_dir = os.path.join(voc_root, "JPEGImages")
     label_dir = os.path.join(voc_root, "SegmentationClass")
     list_dir = os.path.join(voc_root, "ImageSets", "Segmentation")
@@ -65,5 +66,6 @@ def build(voc_root: str, output_dir: str, splits=("train", "val", "trainval"),
         builder.validate_pairs(pairs, NUM_CLASSES, IGNORE_LABEL, colour_map_to_ids, log, s)
     return {s: builder.build_split(pairs, output_dir, s, num_classes=NUM_CLASSES,
                                    ignore_label=IGNORE_LABEL, num_shards=num_shards,
-                                   label_fn=colour_map_to_ids, log=log, validated=True)
+                                   label_fn=colour_map_to_ids, log=log, validated=True,
+                                   resize_factor=resize_factor)
             for s, pairs in jobs.items()}

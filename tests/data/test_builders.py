@@ -91,6 +91,25 @@ def test_custom_bad_pairs_fail_before_writing(tmp_path, damage, msg):
     assert not glob.glob(str(out / "*.tfrecord"))
 
 
+def test_custom_label_suffix_and_never_more_shards_than_examples(tmp_path):
+    data = _custom_tree(str(tmp_path), n=3)
+    for name in data:   # labels named <image>_mask.png, as many tools write them
+        os.rename(tmp_path / "lab" / f"{name}.png", tmp_path / "lab" / f"{name}_mask.png")
+    with pytest.raises(DataError, match=r"label .*s0\.png for image .*s0\.png not found \(a label is named "
+                                        r"after its image: <name>\.png; see --label_suffix\)"):
+        builder.build_custom(str(tmp_path / "img"), str(tmp_path / "lab"), str(tmp_path / "o"), num_classes=3)
+    out = str(tmp_path / "out")
+    (tmp_path / "one.txt").write_text("s1\n")
+    sizes = builder.build_custom(str(tmp_path / "img"), str(tmp_path / "lab"), out, num_classes=3,
+                                 list_files={"train": str(tmp_path / "one.txt")}, num_shards=4,
+                                 label_suffix="_mask")
+    assert sizes == {"train": 1}
+    assert [os.path.basename(f) for f in list_split_files(out, "train")] == ["train-00000-of-00001.tfrecord"]
+    (name, im, lb), = _records(out, "train")
+    assert name == "s1"
+    np.testing.assert_array_equal(lb, data["s1"][1])
+
+
 def test_missing_list_entry(tmp_path):
     _custom_tree(str(tmp_path))
     (tmp_path / "l.txt").write_text("s0\nnope\n")
@@ -126,8 +145,10 @@ def test_cityscapes(tmp_path, train_ids):
     out = str(tmp_path / "out")
     sizes = cityscapes.build(str(tmp_path / "cs"), out)
     assert sizes == {"train_fine": 4, "val_fine": 1}
-    assert len(list_split_files(out, "train_fine")) == 10
-    assert os.path.basename(list_split_files(out, "val_fine")[3]) == "val_fine-00003-of-00010.tfrecord"
+    # The official 10 shards per split, but never more shards than examples (no empty shards).
+    assert [os.path.basename(f) for f in list_split_files(out, "train_fine")][-1] == \
+        "train_fine-00003-of-00004.tfrecord"
+    assert [os.path.basename(f) for f in list_split_files(out, "val_fine")] == ["val_fine-00000-of-00001.tfrecord"]
     recs = _records(out, "train_fine")
     assert [r[0] for r in recs] == ["aachen_000000_000019", "aachen_000001_000019",
                                     "bremen_000000_000019", "bremen_000001_000019"]
@@ -177,7 +198,7 @@ def test_voc_colour_maps_and_train_aug(tmp_path):
     out = str(tmp_path / "out")
     sizes = voc.build(str(root), out, splits=("train", "val"), train_aug_list=str(tmp_path / "train_aug.txt"))
     assert sizes == {"train": 2, "val": 1, "train_aug": 3}
-    assert len(list_split_files(out, "train")) == 4
+    assert len(list_split_files(out, "train")) == 2   # the official 4 shards, at most one per example
     recs = _records(out, "train")
     assert [r[0] for r in recs] == names[:2]
     for name, im, lb in recs:
@@ -205,7 +226,7 @@ def test_ade20k(tmp_path):
             _save(str(root / "annotations" / sub / f"{name}.png"), rs.randint(0, 151, size=(5, 6)))
     out = str(tmp_path / "out")
     assert ade20k.build(str(root), out) == {"train": 2, "val": 1}
-    assert len(list_split_files(out, "train")) == 4
+    assert len(list_split_files(out, "train")) == 2   # the official 4 shards, at most one per example
     recs = _records(out, "val")
     assert recs[0][0] == str(root / "images" / "validation" / "ADE_valid_00000000.jpg")
     raw = np.asarray(Image.open(root / "annotations" / "validation" / "ADE_valid_00000000.png"))

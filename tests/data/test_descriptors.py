@@ -63,3 +63,27 @@ def test_bad_json_descriptor_names_file(tmp_path, bad, msg):
 def test_unknown_name():
     with pytest.raises(DataError, match="unknown dataset 'kitti'.*cityscapes"):
         get_descriptor("kitti")
+
+
+def test_descriptor_file_tells_its_records_folder(tmp_path):
+    import json
+    from nas_deeplab.data.synthetic import resolve_dataset
+    body = {"name": "mine", "num_classes": 2, "ignore_label": 255, "splits_to_sizes": {"train": 1}}
+    alone = tmp_path / "alone.json"
+    alone.write_text(json.dumps(body))
+    assert get_descriptor(str(alone)).dataset_dir is None           # no shards beside it
+    with pytest.raises(DataError, match="needs --dataset_dir"):
+        resolve_dataset(str(alone), None)
+    (tmp_path / "records").mkdir()
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps(dict(body, dataset_dir="records")))   # relative to the file
+    assert resolve_dataset(str(named), None)[1] == str(tmp_path / "records")
+    beside = tmp_path / "records" / "descriptor.json"
+    beside.write_text(json.dumps(body))
+    (tmp_path / "records" / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    assert get_descriptor(str(beside)).dataset_dir == str(tmp_path / "records")
+    assert resolve_dataset(str(beside), str(tmp_path))[1] == str(tmp_path)   # the flag still wins
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps(dict(body, dataset_dir="nowhere")))
+    with pytest.raises(DataError, match="dataset_dir .*nowhere does not exist"):
+        resolve_dataset(str(missing), None)

@@ -32,7 +32,7 @@ def test_synthetic_script_writes_official_shards(tmp_path):
 def test_missing_source_folder_is_one_clear_line(tmp_path, name, flag):
     missing = tmp_path / "nowhere"
     p = _script(name, f"{flag}={missing}", f"--output_dir={tmp_path / 'out'}")
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error:" in p.stderr and str(missing) in p.stderr, p.stderr[-2000:]
     assert not glob.glob(str(tmp_path / "out" / "*.tfrecord"))
