@@ -19,7 +19,12 @@ setup(
         "Pillow",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        # Optional: keras-hub heads on our backbone (tests/model/test_keras_backbone.py). 0.32 is
+        # the version checked; it installs next to TF 2.21 / Keras 3.15 without changing them.
+        "interop": ["keras-hub>=0.32"],
+    },
     entry_points={
         "console_scripts": [
             "nas-deeplab-search=search:run_main",

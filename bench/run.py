@@ -1,6 +1,7 @@
-"""Benchmarks: search steps, training step, exported inference, input pipeline.
+"""Benchmarks: search steps, training step, exported inference, input pipeline, TFLite.
 
-    python bench/run.py [--only=search,train,inference,input] [--crops=65,129,321] [--json=PATH] [--merge]
+    python bench/run.py [--only=search,train,inference,input,tflite] [--crops=65,129,321] [--json=PATH]
+        [--merge] [--tflite_size=513]
 
 Prints a table and writes JSON records ({"name", "crop" or "size", "median_s", "peak_rss_mib",
 "gflops", "gflop_per_s", ...}) plus the machine (CPU model, cores, GPU, TF version).
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("only", ["search", "train", "inference", "input"], "Sections to run.")
+flags.DEFINE_list("only", ["search", "train", "inference", "input", "tflite"], "Sections to run.")
 flags.DEFINE_list("crops", ["65", "129", "321"], "Search crops.")
 flags.DEFINE_list("recompute_crops", ["321"], "Search crops measured again with --recompute_levels=0,1 "
                   "(the memory-bounded setting).")
@@ -40,12 +41,16 @@ flags.DEFINE_boolean("merge", False, "Keep the records of the sections not run f
                      "file (each record carries its section and date), instead of writing only this run's.")
 flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
 flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
+flags.DEFINE_integer("tflite_size", 513, "Square input size of the TFLite section (Auto-DeepLab-S, "
+                     "float32 / float16 / int8).")
+flags.DEFINE_integer("tflite_representative", 8, "Calibration images of the int8 TFLite model.")
 flags.DEFINE_enum("threads", "auto", ["auto", "op_parallel", "default"],
                   "CPU thread policy (nas_deeplab.training.threads); auto: what each program uses.")
-SECTIONS = ("search", "train", "inference", "input")
+SECTIONS = ("search", "train", "inference", "input", "tflite")
 _SECTION_OF_NAME = {"search_startup": "search", "search_weight_step": "search", "search_arch_step": "search",
                     "train_step": "train", "inference": "inference", "inference_tf1_graph": "inference",
-                    "conv_peak": "inference", "input_pipeline": "input"}
+                    "conv_peak": "inference", "input_pipeline": "input", "tflite": "tflite",
+                    "tflite_tf_graph": "tflite"}
 
 
 def section_of(record: dict) -> str:
@@ -264,6 +269,55 @@ def bench_input(repeats: int) -> list[dict]:
     return [rec]
 
 
+def bench_tflite(size: int, repeats: int, num_representative: int) -> list[dict]:
+    """File size, conversion time and interpreter latency of the TFLite export of Auto-DeepLab-S
+    (F=20, regular heads, 19 classes) at size x size, float32 / float16 / int8, and the same labels
+    graph run by TensorFlow, all timed in alternating rounds. Weights are the fresh initialisation and
+    the int8 calibration images uniform noise: latency does not depend on the values (accuracy is
+    measured on a trained model, not here). The interpreter runs with one thread per core."""
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from bench import common  # noqa: PLC0415
+    from nas_deeplab import architecture  # noqa: PLC0415
+    from nas_deeplab.export import saved_model, tflite  # noqa: PLC0415
+    from nas_deeplab.model import deeplab  # noqa: PLC0415
+    opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
+                                decoder_use_separable_conv=False)
+    model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+    crop = (size, size)
+    rs = np.random.RandomState(0)
+    representative = rs.randint(0, 256, (num_representative, size, size, 3)).astype(np.uint8)
+    image = rs.randint(0, 256, (1, size, size, 3)).astype(np.uint8)
+    calls, info = {}, {}
+    with tempfile.TemporaryDirectory() as out:
+        for quantization in tflite.QUANTIZATIONS:
+            result = tflite.export_tflite(
+                model, os.path.join(out, f"{quantization}.tflite"), crop, quantization,
+                representative_images=representative if quantization == "int8" else None)
+            segmenter = tflite.TFLiteSegmenter(result.path, num_threads=os.cpu_count())
+            calls[quantization] = (lambda seg: lambda: seg(image))(segmenter)
+            info[quantization] = result
+        labels_fn, server = tflite.labels_function(model, crop)
+        calls["tf_graph"] = lambda: labels_fn(tf.constant(image))[saved_model.PREDICTIONS].numpy()
+        times = common.time_interleaved(calls, 1, repeats)
+        del server
+    cpu = common.machine()["cpu"]
+    base = {"size": f"{size}x{size}", "batch": 1, "cpu": cpu, "threads_tflite": os.cpu_count(),
+            "model": "auto_deeplab_s regular heads, 19 classes"}
+    records = []
+    for quantization, result in info.items():
+        rec = common.record("tflite", times[quantization], None, quantization=quantization,
+                            file_mib=round(result.size_bytes / 2 ** 20, 2), conversion_s=result.conversion_s,
+                            note=f"{quantization} {result.size_bytes / 2 ** 20:.1f} MiB", **base)
+        if quantization == "int8":
+            rec["representative_images"] = num_representative
+        records.append(rec)
+    records.append(common.record("tflite_tf_graph", times["tf_graph"], None,
+                                 note="same labels graph run by TensorFlow, same rounds", **base))
+    return records
+
+
 def _child(section: str, arg: str, repeats: int) -> list[dict]:
     if section == "search":
         crop, _, levels = arg.partition("@")  # "321" or "321@0,1"
@@ -272,6 +326,8 @@ def _child(section: str, arg: str, repeats: int) -> list[dict]:
         return bench_train(int(arg), repeats)
     if section == "inference":
         return bench_inference(repeats)
+    if section == "tflite":
+        return bench_tflite(int(arg), repeats, FLAGS.tflite_representative)
     return bench_input(repeats)
 
 
@@ -306,13 +362,16 @@ def main(argv):
             jobs += [(section, f"{c}@0,1") for c in FLAGS.recompute_crops]
         elif section == "train":
             jobs += [(section, c) for c in FLAGS.train_crops]
+        elif section == "tflite":
+            jobs.append((section, str(FLAGS.tflite_size)))
         else:
             jobs.append((section, ""))
     records = []
     for section, arg in jobs:
         # One process per measurement: peak RSS is per process, and one size never warms another.
         cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--only={section}",
-               f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}"]
+               f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}",
+               f"--tflite_representative={FLAGS.tflite_representative}"]
         print(f"running {section} {arg}".rstrip(), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]

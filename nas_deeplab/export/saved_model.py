@@ -43,7 +43,8 @@ SIGNATURE_KEY = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # 'serving_def
 LABELS_SIGNATURE_KEY = "predict_labels"  # SemanticPredictions only
 PAD_VALUE = 127.5      # official mean_pixel('nas_hnasnet'): padded pixels become 0 after [-1, 1] scaling
 SIZE_MULTIPLE = 32     # pad to 32k+1
-_IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)  # both signatures
+# Both signatures: clients (and `saved_model_cli show`) see the contract, 3 channels.
+_IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)
 
 
 class ExportError(ValueError):
@@ -97,10 +98,14 @@ class SegmentationServer(tf.Module):
     def predict(self, images_uint8, with_probabilities: bool = True):
         """(predictions int32 [N,H,W], probabilities float32 [N,H,W,C]) for uint8 [N,H,W,3];
         probabilities is None when not `with_probabilities` (then a single pass skips the softmax)."""
+        # A loaded signature called from Python does not check the declared shape: say what is
+        # wrong in one sentence (TF prints it right after its "Graph execution error" header).
         with tf.name_scope("check_input"):
-            channels = tf.shape(images_uint8)[3]
-            check = tf.debugging.assert_equal(
-                channels, 3, message=f"{INPUT_NAME} must be RGB images [N, H, W, 3]; got channel count")
+            shape = tf.shape(images_uint8)
+            check = tf.debugging.Assert(
+                tf.logical_and(tf.equal(tf.size(shape), 4), tf.equal(shape[-1], 3)),
+                [tf.strings.format(f"{INPUT_NAME} must be RGB images [N, H, W, 3] (uint8); got shape {{}}",
+                                   [shape])], name=f"{INPUT_NAME}_must_have_3_channels")
             with tf.control_dependencies([check]):
                 images = tf.ensure_shape(tf.identity(images_uint8), [None, None, None, 3])
         h, w = tf.shape(images)[1], tf.shape(images)[2]

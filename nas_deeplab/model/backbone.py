@@ -17,6 +17,8 @@ from nas_deeplab.architecture import Architecture
 from nas_deeplab.model import layers
 from nas_deeplab.model.cell import Cell
 from nas_deeplab.model.drop_path import StepRef
+from nas_deeplab.model.serialization import (arch_from_config, arch_to_config, options_to_config,
+                                             register)
 
 STEM_FILTERS = (64, 64, 128)
 
@@ -30,6 +32,7 @@ def layer_transitions(arch: Architecture):
     return out
 
 
+@register
 class HNASNet(layers.Composite):
     """Backbone layer. Input: images already normalised to [-1, 1]. Output: end-point dict
     {'Stem', 'Cell_0'..'Cell_{L-1}' (pre-ReLU), 'features' (ReLU of the last cell)}."""
@@ -37,7 +40,7 @@ class HNASNet(layers.Composite):
     def __init__(self, arch: Architecture, options=None, step_ref: StepRef | None = None,
                  name="hnasnet", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.arch = arch
+        self.arch, self.options = arch, options
         wd = float(getattr(options, "weight_decay", 0.0))
         self.step_ref = step_ref or StepRef()
         self.conv0 = layers.conv(STEM_FILTERS[0], 3, stride=2, weight_decay=wd, name="conv0")
@@ -59,6 +62,15 @@ class HNASNet(layers.Composite):
             self.cells.append(cell)
             channels.append(cell.output_channels)
         self.output_channels = channels[-1]
+
+    def get_config(self):
+        return {**super().get_config(), "arch": arch_to_config(self.arch),
+                "options": options_to_config(self.options)}
+
+    @classmethod
+    def decode_config(cls, config):
+        config["arch"] = arch_from_config(config["arch"])
+        return super().decode_config(config)
 
     def build_children(self, in_channels):
         c = 3

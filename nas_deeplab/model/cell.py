@@ -10,16 +10,22 @@ The output is the concat of all block outputs, without ReLU (the next cell start
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from nas_deeplab import resize
 from nas_deeplab.model import layers
 from nas_deeplab.model import operations as op_table
 from nas_deeplab.model.drop_path import ScheduledDropPath, StepRef
+from nas_deeplab.model.serialization import options_to_config, register
 
 
+@register
 class Block(layers.Composite):
-    """comb_iter_b: left op + right op (scopes `left`, `right`), combined by addition."""
+    """comb_iter_b: left op + right op (scopes `left`, `right`), combined by addition.
+
+    Its config nests the configs of its op and drop-path layers (a Cell rebuilds its blocks from
+    the genotype instead)."""
 
     def __init__(self, left, right, left_drop, right_drop, left_input, right_input, channels,
                  **kwargs):
@@ -28,6 +34,20 @@ class Block(layers.Composite):
         self.left, self.right = left, right
         self.left_drop, self.right_drop = left_drop, right_drop
         self.left_input, self.right_input = int(left_input), int(right_input)
+
+    def get_config(self):
+        nested = {k: None if layer is None else keras.saving.serialize_keras_object(layer)
+                  for k, layer in (("left", self.left), ("right", self.right),
+                                   ("left_drop", self.left_drop), ("right_drop", self.right_drop))}
+        return {**super().get_config(), **nested, "left_input": self.left_input,
+                "right_input": self.right_input, "channels": self.channels}
+
+    @classmethod
+    def decode_config(cls, config):
+        for key in ("left", "right", "left_drop", "right_drop"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return super().decode_config(config)
 
     def build_children(self, in_channels):
         layers.build_child(self.left, self.channels)     # every state has the cell's filters
@@ -43,6 +63,7 @@ class Block(layers.Composite):
         return h1 + h2
 
 
+@register
 class Cell(layers.Composite):
     """Official NASBaseCell for `operations` / `hiddenstate_indices`.
 
@@ -56,8 +77,9 @@ class Cell(layers.Composite):
         self.operations = tuple(operations)
         self.hiddenstate_indices = tuple(int(i) for i in hiddenstate_indices)
         self.filters, self.stride = int(filters), int(stride)
-        self.cell_num = int(cell_num)
+        self.cell_num, self.total_num_cells = int(cell_num), int(total_num_cells)
         self.net_channels, self.prev_channels = int(net_channels), int(prev_channels)
+        self.options = options
         wd = float(getattr(options, "weight_decay", 0.0))
         keep = float(getattr(options, "drop_path_keep_prob", 1.0))
         if not getattr(options, "fine_tune_batch_norm", True):
@@ -88,6 +110,13 @@ class Cell(layers.Composite):
                                      self.hiddenstate_indices[2 * b],
                                      self.hiddenstate_indices[2 * b + 1], self.filters,
                                      name=f"comb_iter_{b}"))
+
+    def get_config(self):
+        return {**super().get_config(), "operations": list(self.operations),
+                "hiddenstate_indices": list(self.hiddenstate_indices), "filters": self.filters,
+                "stride": self.stride, "net_channels": self.net_channels,
+                "prev_channels": self.prev_channels, "cell_num": self.cell_num,
+                "total_num_cells": self.total_num_cells, "options": options_to_config(self.options)}
 
     @property
     def output_channels(self):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from nas_deeplab.model.serialization import register
+
 
 def drop_path_keep_prob(p, cell_num, total_cells, step, total_steps):
     """The official keep probability at `cell_num` (0-based) and `step`; Python floats in,
@@ -50,8 +52,12 @@ class StepRef:
             0, dtype=tf.int64, trainable=False, name="global_step")
 
 
+@register
 class ScheduledDropPath(keras.layers.Layer):
-    """Drop a whole op output per example with the official schedule (no variables)."""
+    """Drop a whole op output per example with the official schedule (no variables).
+
+    The step variable is not part of the config: a deserialised layer reads a fresh one at 0
+    (see serialization.py)."""
 
     def __init__(self, keep_prob, cell_num, total_num_cells, total_training_steps, step_ref,
                  layer_id, **kwargs):
@@ -61,6 +67,15 @@ class ScheduledDropPath(keras.layers.Layer):
         self.total_training_steps = int(total_training_steps)
         self.step_ref = step_ref
         self.layer_id = int(layer_id)
+
+    def get_config(self):
+        return {**super().get_config(), "keep_prob": self.keep_prob, "cell_num": self.cell_num,
+                "total_num_cells": self.total_num_cells,
+                "total_training_steps": self.total_training_steps, "layer_id": self.layer_id}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({**config, "step_ref": StepRef()})
 
     def build(self, *args, **kwargs):
         pass   # no variables; skip Keras 3's symbolic build-by-run

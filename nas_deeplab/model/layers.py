@@ -4,7 +4,7 @@ The official graph is TF1/slim: no biases in the backbone, weights initialised w
 `variance_scaling_initializer(1/3, FAN_IN, uniform)`, slim `l2_regularizer(wd)` (= wd * sum(w^2) / 2,
 hence Keras `L2(wd / 2)`), BN decay 0.9997 and epsilon 1e-3 (1e-5 in the ASPP/decoder heads).
 Each layer stores its kernels under the official leaf names (`weights`, `depthwise_weights`,
-`pointwise_weights`, `biases`), so `official_names.py` only has to add the scope prefixes.
+`pointwise_weights`, `biases`), so `official/names.py` only has to add the scope prefixes.
 
 Every conv-like layer records the static shapes of its last call (`last_input_shape`,
 `last_output_shape`); `summary.py` reads them to count multiply-adds and print the layer table.
@@ -16,6 +16,8 @@ import keras
 import tensorflow as tf
 
 from nas_deeplab import resize
+from nas_deeplab.model import serialization
+from nas_deeplab.model.serialization import register
 
 BN_MOMENTUM = 0.9997          # slim batch_norm decay (feature_extractor / model.py)
 BACKBONE_BN_EPSILON = 1e-3    # nas_arg_scope
@@ -95,24 +97,67 @@ def build_child(layer, channels):
         layer.build((None, None, None, int(channels)))
 
 
+@register
 class Composite(keras.layers.Layer):
     """A layer made of sublayers whose weights are created from channel counts alone.
 
     Keras 3 otherwise "builds by running" call() symbolically, and that nests: a 12-cell model
     would be traced dozens of times. Here build() only needs the input channels (from the shape
     Keras passes, or the count known at construction) and calls `build_children(channels)`; so
-    `model.build(...)` creates all variables in about a second, without any forward pass."""
+    `model.build(...)` creates all variables in about a second, without any forward pass.
+
+    Serialisation: a subclass's `get_config` holds its constructor arguments as plain data and
+    `decode_config` turns them back (options here); `from_config` then runs the constructor, which
+    recreates the sublayers, and the build config is just the input channel count."""
 
     def build(self, *args, **kwargs):
         shape = args[0] if args else (next(iter(kwargs.values())) if kwargs else None)
-        self.build_children(_channels_of(shape))
+        self._build_in_channels = _channels_of(shape)
+        self.build_children(self._build_in_channels)
 
     def build_children(self, in_channels):
         """Build the sublayers; `in_channels` may be None (use the count known at construction)."""
 
+    def get_build_config(self):
+        """The input channel count is all a composite's build needs (not Keras' nested shapes)."""
+        if not self.built:
+            return None
+        return {"in_channels": getattr(self, "_build_in_channels", None)}
+
+    def build_from_config(self, config):
+        channels = (config or {}).get("in_channels")
+        self.build(None if channels is None else (None, None, None, int(channels)))
+
+    @classmethod
+    def decode_config(cls, config: dict) -> dict:
+        """Constructor arguments from the plain data of `get_config` (subclasses extend it)."""
+        if "options" in config:
+            config["options"] = serialization.options_from_config(config["options"])
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = cls.decode_config(dict(config))
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.get(config["dtype"])
+        # Sublayers are created by the constructor: give them this layer's dtype policy.
+        with serialization.construction_policy(config):
+            return cls(**config)
+
 
 class _Recorded(keras.layers.Layer):
-    """Remembers the static shapes of the last call (for multiply-add counting)."""
+    """Remembers the static shapes of the last call (for multiply-add counting).
+
+    Its subclasses serialise their initialiser and regulariser as Keras configs."""
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("kernel_initializer"), dict):
+            config["kernel_initializer"] = keras.initializers.get(config["kernel_initializer"])
+        if isinstance(config.get("kernel_regularizer"), dict):
+            config["kernel_regularizer"] = keras.regularizers.get(config["kernel_regularizer"])
+        return super().from_config(config)
 
     last_input_shape = None
     last_output_shape = None
@@ -124,6 +169,7 @@ class _Recorded(keras.layers.Layer):
         return y
 
 
+@register
 class Conv2D(_Recorded):
     """slim.conv2d / resnet_utils.conv2d_same with variable `weights` (and `biases` if use_bias)."""
 
@@ -134,6 +180,12 @@ class Conv2D(_Recorded):
         self.stride, self.rate, self.use_bias = int(stride), int(rate), bool(use_bias)
         self.kernel_initializer = kernel_initializer or backbone_initializer()
         self.kernel_regularizer = kernel_regularizer
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "stride": self.stride, "rate": self.rate, "use_bias": self.use_bias,
+                "kernel_initializer": serialization.serialize_initializer(self.kernel_initializer),
+                "kernel_regularizer": serialization.serialize_regularizer(self.kernel_regularizer)}
 
     def build(self, input_shape):
         k = self.kernel_size
@@ -154,6 +206,7 @@ class Conv2D(_Recorded):
         return int(h) * int(w) * self.kernel_size ** 2 * int(self.last_input_shape[-1]) * int(c_out)
 
 
+@register
 class SeparableConv2D(_Recorded):
     """slim.separable_conv2d with num_outputs: `depthwise_weights` [K,K,C,1] and
     `pointwise_weights` [1,1,C,out] in one layer, both initialised and regularised alike."""
@@ -165,6 +218,12 @@ class SeparableConv2D(_Recorded):
         self.stride, self.rate = int(stride), int(rate)
         self.kernel_initializer = kernel_initializer or backbone_initializer()
         self.kernel_regularizer = kernel_regularizer
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "stride": self.stride, "rate": self.rate,
+                "kernel_initializer": serialization.serialize_initializer(self.kernel_initializer),
+                "kernel_regularizer": serialization.serialize_regularizer(self.kernel_regularizer)}
 
     def build(self, input_shape):
         k, c = self.kernel_size, int(input_shape[-1])
@@ -187,6 +246,7 @@ class SeparableConv2D(_Recorded):
         return hw * self.kernel_size ** 2 * c_in + hw * c_in * int(c_out)
 
 
+@register
 class DepthwiseConv2D(_Recorded):
     """The `_depthwise` half of utils.split_separable_conv2d: `depthwise_weights` [K,K,C,1],
     truncated_normal(0.33) init, no regulariser."""
@@ -194,8 +254,14 @@ class DepthwiseConv2D(_Recorded):
     def __init__(self, kernel_size=3, rate=1, stddev=0.33, kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.kernel_size, self.rate = int(kernel_size), int(rate)
+        self.stddev = float(stddev)
         self.kernel_initializer = keras.initializers.TruncatedNormal(stddev=stddev)
         self.kernel_regularizer = kernel_regularizer
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "rate": self.rate,
+                "stddev": self.stddev,
+                "kernel_regularizer": serialization.serialize_regularizer(self.kernel_regularizer)}
 
     def build(self, input_shape):
         k = self.kernel_size
@@ -211,6 +277,7 @@ class DepthwiseConv2D(_Recorded):
         return int(h) * int(w) * self.kernel_size ** 2 * int(c)
 
 
+@register
 class BatchNorm(keras.layers.BatchNormalization):
     """slim.batch_norm(scale=True): gamma, beta, moving_mean, moving_variance.
 
@@ -218,7 +285,9 @@ class BatchNorm(keras.layers.BatchNormalization):
     one op per BN in the graph, and the moving variance is updated with the kernel's Bessel-
     corrected batch variance, like the official graph (Keras' own path uses the biased one). The
     fused kernel clamps epsilon to >= 1.001e-5 (cuDNN), as TF1 did for the heads' 1e-5.
-    `synchronized=True` (sync BN across replicas) uses Keras' all-reduced moments instead.
+    `synchronized=True` (sync BN across replicas) all-reduces the moments over the replicas (one
+    all-reduce of sum, sum of squares and count) and updates the moving variance with the same
+    Bessel-corrected variance, so one replica and several keep the same moving statistics.
 
     `use_batch_stats=False` is the official `fine_tune_batch_norm=False`: the layer normalises with
     its moving statistics (and does not update them) even when the model is called with
@@ -231,15 +300,22 @@ class BatchNorm(keras.layers.BatchNormalization):
                          synchronized=synchronized, **kwargs)
         self.use_batch_stats = bool(use_batch_stats)
 
+    def get_config(self):
+        config = super().get_config()
+        for fixed in ("center", "scale"):    # always True: slim.batch_norm(scale=True)
+            config.pop(fixed, None)
+        return {**config, "use_batch_stats": self.use_batch_stats}
+
     def call(self, inputs, training=None, mask=None):
         training = bool(training) and self.use_batch_stats and self.trainable
-        if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3) or \
-                (training and self.synchronized):
+        if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16, tf.float32) else \
             tf.cast(inputs, tf.float32)
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
+        if training and self.synchronized:
+            return self._synchronized_call(x, gamma, beta)
         if training:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, gamma, beta, epsilon=self.epsilon, is_training=True)
@@ -251,6 +327,24 @@ class BatchNorm(keras.layers.BatchNormalization):
                 x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
                 variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
                 is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+    def _synchronized_call(self, x, gamma, beta):
+        """Batch statistics over all replicas' examples; the moving variance gets the unbiased one."""
+        x32 = tf.cast(x, tf.float32)
+        local = tf.concat([tf.reduce_sum(x32, [0, 1, 2]), tf.reduce_sum(tf.square(x32), [0, 1, 2]),
+                           tf.cast(tf.reshape(tf.reduce_prod(tf.shape(x32)[:3]), [1]), tf.float32)], 0)
+        ctx = tf.distribute.get_replica_context()
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local) if ctx is not None else local
+        c = x32.shape[-1]
+        count = total[2 * c]
+        mean = total[:c] / count
+        variance = tf.maximum(total[c:2 * c] / count - tf.square(mean), 0.0)
+        y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, self.epsilon)
+        m = self.momentum
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + unbiased * (1.0 - m))
         return tf.cast(y, self.compute_dtype)
 
 

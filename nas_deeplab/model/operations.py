@@ -33,6 +33,7 @@ from nas_deeplab import resize
 from nas_deeplab.architecture import OP_VOCABULARY, ZERO_OP
 from nas_deeplab.model import layers
 from nas_deeplab.model.layers import conv2d_same  # noqa: F401  (re-exported primitive)
+from nas_deeplab.model.serialization import options_to_config, register
 
 
 # -- stateless primitives ----------------------------------------------------------------------
@@ -70,6 +71,7 @@ def pool(x, kind, stride=1):
 
 
 # -- op layers ---------------------------------------------------------------------------------
+@register
 class SeparableOp(layers.Composite):
     """separable_KxK_N: N x [ReLU -> separable conv -> BN], stride on the first layer only."""
 
@@ -80,12 +82,19 @@ class SeparableOp(layers.Composite):
         self.kernel_size, self.stride = k, int(stride)
         self.filters = int(filters)
         self.input_filters = int(filters if input_filters is None else input_filters)
+        self.num_layers, self.weight_decay, self.options = int(num_layers), float(weight_decay), options
         self.convs, self.bns = [], []
         for n in range(1, int(num_layers) + 1):
             self.convs.append(layers.separable_conv(filters, k, stride=stride if n == 1 else 1,
                                                     weight_decay=weight_decay,
                                                     name=f"separable_{k}x{k}_{n}"))
             self.bns.append(layers.batch_norm(options, name=f"bn_sep_{k}x{k}_{n}"))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "num_layers": self.num_layers, "stride": self.stride,
+                "weight_decay": self.weight_decay, "options": options_to_config(self.options),
+                "input_filters": self.input_filters}
 
     def build_children(self, in_channels):
         c = in_channels or self.input_filters
@@ -100,6 +109,7 @@ class SeparableOp(layers.Composite):
         return x
 
 
+@register
 class AtrousOp(layers.Composite):
     """atrous_KxK: ReLU -> (resize + KxK conv | KxK conv rate 2) -> BN."""
 
@@ -112,10 +122,16 @@ class AtrousOp(layers.Composite):
         if stride not in (1, 2):
             raise ValueError(f"atrous_{k}x{k}: stride must be 1 or 2, got {stride}")
         self.kernel_size, self.stride = k, int(stride)
+        self.weight_decay, self.options = float(weight_decay), options
         # The conv itself is stride 1; for stride 2 the resize happens before it (see call).
         self.conv = layers.conv(filters, k, stride=1, rate=1 if stride == 2 else 2,
                                 weight_decay=weight_decay, name=f"atrous_{k}x{k}")
         self.bn = layers.batch_norm(options, name=f"bn_atr_{k}x{k}")
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "stride": self.stride, "weight_decay": self.weight_decay,
+                "options": options_to_config(self.options), "input_filters": self.input_filters}
 
     def build_children(self, in_channels):
         layers.build_child(self.conv, in_channels or self.input_filters)
@@ -136,6 +152,7 @@ class _ProjectingOp(layers.Composite):
     def _make_projection(self, filters, input_filters, project, stride=1, weight_decay=0.0,
                          options=None):
         self.filters, self.input_filters = int(filters), int(input_filters)
+        self.weight_decay, self.options = float(weight_decay), options
         self.project = project
         if project:
             # slim.conv2d(stride, SAME); for a 1x1 kernel SAME pads nothing, like fixed padding.
@@ -147,7 +164,13 @@ class _ProjectingOp(layers.Composite):
             layers.build_child(self.conv, in_channels or self.input_filters)
             layers.build_child(self.bn, self.filters)
 
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "input_filters": self.input_filters,
+                "stride": self.stride, "weight_decay": self.weight_decay,
+                "options": options_to_config(self.options)}
 
+
+@register
 class PoolOp(_ProjectingOp):
     """avg/max_pool_3x3: pool (SAME, stride); 1x1 conv + BN only when channels differ."""
 
@@ -158,6 +181,9 @@ class PoolOp(_ProjectingOp):
         self._make_projection(filters, input_filters, int(input_filters) != int(filters),
                               weight_decay=weight_decay, options=options)
 
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
+
     def call(self, x, training=None):
         x = pool(x, self.kind, self.stride)
         if self.project:
@@ -165,6 +191,7 @@ class PoolOp(_ProjectingOp):
         return x
 
 
+@register
 class SkipOp(_ProjectingOp):
     """skip_connect == official 'none': identity, or ReLU -> 1x1 (stride) -> BN when it must
     stride or change channels."""
