@@ -1,4 +1,4 @@
-"""Evaluate a trained model over a whole split at full resolution (official DeepLab `eval.py` flags).
+r"""Evaluate a trained model over a whole split at full resolution (official DeepLab `eval.py` flags).
 
     python eval.py --checkpoint_path=runs/train_auto_deeplab_demo_f8_synthetic
     python eval.py --checkpoint_path=runs/s --dataset=cityscapes --dataset_dir=/data/cityscapes \
@@ -7,7 +7,10 @@
 
 Writes results.json (mIoU, per-class IoU, pixel accuracy, confusion matrix) atomically into
 --output_dir (default <checkpoint folder>/eval); --vis adds coloured prediction PNGs. Without
---architecture, the architecture and head options recorded with the checkpoint are used.
+--architecture, the architecture and head options recorded with the checkpoint are used; without
+--dataset, the data set (and folder) the run was trained on. --precise_bn_batches=N first replaces
+the BN moving statistics by precise-BN ones (N batches of training images at full size) and stores
+them as a new checkpoint in the run folder, which later evaluations pick as the newest.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def define_flags(f=FLAGS) -> None:
                          "(0: until --eval_timeout_secs passes with no new checkpoint).", flag_values=f)
     flags.DEFINE_integer("eval_timeout_secs", 3600, "Continuous evaluation: stop after this long without a "
                          "new checkpoint.", flag_values=f)
+    flags.DEFINE_integer("precise_bn_batches", 0, "Precise BN: first recompute every BN's statistics on this "
+                         "many batches of the run's training split, preprocessed as for evaluation (full "
+                         "size), and store them as a new checkpoint ckpt_precise_bn-<step> in the run folder "
+                         "(0: use the moving statistics of training).", flag_values=f)
+    flags.DEFINE_integer("precise_bn_batch_size", 2, "Images per precise-BN batch (>= 2).", flag_values=f)
 
 
 def eval_config_from_flags(f=FLAGS):
@@ -60,18 +68,23 @@ def eval_config_from_flags(f=FLAGS):
         raise flags_common.FlagError("--output_dir and --eval_logdir name different folders; give one")
     return EvalConfig(
         checkpoint_path=f.checkpoint_path, model=flags_common.model_config_from_flags(f),
-        dataset=f.dataset, dataset_dir=f.dataset_dir, eval_split=f.eval_split,
+        # Unset: the data set the run was trained on (its train_config.json).
+        dataset=f.dataset if f["dataset"].present else None,
+        dataset_dir=f.dataset_dir, eval_split=f.eval_split,
         eval_scales=flags_common.parse_float_list(f.eval_scales, "eval_scales"),
         add_flipped_images=f.add_flipped_images,
         eval_crop_size=flags_common.parse_size(f.eval_crop_size, "eval_crop_size", allow_none=True),
         output_dir=f.output_dir or f.eval_logdir, vis=f.vis, max_images=f.max_images,
         eval_interval_secs=f.eval_interval_secs, max_number_of_evaluations=f.max_number_of_evaluations,
-        eval_timeout_secs=f.eval_timeout_secs, **flags_common.resize_options_from_flags(f))
+        eval_timeout_secs=f.eval_timeout_secs, precise_bn_batches=f.precise_bn_batches,
+        precise_bn_batch_size=f.precise_bn_batch_size, **flags_common.resize_options_from_flags(f))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from nas_deeplab.cli_startup import import_tensorflow
+    import_tensorflow()   # TF's start-up chatter filtered before anything else loads it
     return run(FLAGS)
 
 

@@ -1,4 +1,4 @@
-"""Export a trained model: a serving SavedModel, or an official-format (TF1 name-based) checkpoint.
+r"""Export a trained model: a serving SavedModel, or an official-format (TF1 name-based) checkpoint.
 
     python export.py --checkpoint_path=runs/train --export_path=out/model --dataset=cityscapes
     python export.py --checkpoint_path=runs/train --export_path=out/tf1 \
@@ -7,9 +7,10 @@
         --inference_scales=0.75,1.0,1.25 --add_flipped_images
 
 --checkpoint_path takes a training run folder, a TF2 checkpoint prefix of ours, or an official DeepLab
-checkpoint (the kind is detected; for an official one the restored / not restored variables are
-listed). The architecture, number of classes and head options come from the run's
-checkpoint_meta.json (or the official checkpoint's shapes); flags given explicitly must agree.
+checkpoint (the kind is detected). The architecture, number of classes and head options come from
+the run's checkpoint_meta.json, or from an official checkpoint's variable names and shapes (filter
+multiplier, classes, separable or regular ASPP/decoder convs, decoder stride, atrous branches);
+flags given explicitly must agree. Every model variable must be restored, or nothing is exported.
 The SavedModel's `serving_default` signature takes `ImageTensor` uint8 [N, H, W, 3] of any size and
 returns `SemanticPredictions` int32 [N, H, W] and `SemanticProbabilities` float32 [N, H, W, C]; its
 `predict_labels` signature returns `SemanticPredictions` only (no per-pixel softmax, no float output).
@@ -33,10 +34,24 @@ flags_common.define_dataset_flags()
 
 flags.DEFINE_string("checkpoint_path", None, "Training run folder, TF2 checkpoint prefix, or official "
                     "name-based checkpoint (prefix or folder).")
-flags.DEFINE_string("export_path", None, "Output folder (must not exist or be empty, see --overwrite).")
-flags.DEFINE_enum("export_format", "saved_model", ["saved_model", "official_checkpoint"],
+flags.DEFINE_string("export_path", None, "Output folder (must not exist or be empty, see --overwrite); "
+                    "for --export_format=keras|tflite the file (model.keras, model.tflite).")
+flags.DEFINE_enum("export_format", "saved_model", ["saved_model", "official_checkpoint", "keras", "features",
+                                                   "tflite"],
                   "saved_model: serving SavedModel; official_checkpoint: TF1 checkpoint with the "
-                  "official DeepLab variable names (published architecture only).")
+                  "official DeepLab variable names (published architecture only); keras: a .keras file "
+                  "(keras.saving.load_model after `import nas_deeplab.model`); features: a backbone "
+                  "SavedModel (signature 'features': uint8 images -> end points and P2..P5); tflite: one "
+                  ".tflite (uint8 image in, labels out) at a fixed --crop_size.")
+flags.DEFINE_enum("tflite_quantization", "none", ["none", "float16", "int8"],
+                  "TFLite weights: float32 (none), float16, or full-integer int8 calibrated on "
+                  "--representative_split.")
+flags.DEFINE_string("representative_split", None, "int8 TFLite: the split of the run's data set (or "
+                    "--dataset/--dataset_dir) whose images calibrate the integer ranges, e.g. train.")
+flags.DEFINE_integer("representative_examples", 100, "int8 TFLite: calibration images drawn from "
+                     "--representative_split.")
+flags.DEFINE_boolean("tflite_allow_select_tf_ops", False, "TFLite: allow TF select ops for ops the "
+                     "TFLite runtime lacks (the app then needs the Flex delegate); they are listed.")
 flags.DEFINE_integer("num_classes", None, "Number of classes when neither --dataset nor the checkpoint "
                      "says.")
 flags.DEFINE_multi_string("inference_scales", ["1.0"], "Image scales folded into the SavedModel "
@@ -47,6 +62,11 @@ flags.DEFINE_multi_string("crop_size", None, "Fixed padded size 'height,width' l
 flags.DEFINE_boolean("overwrite", False, "Replace a non-empty --export_path.")
 flags.DEFINE_boolean("allow_random_init", False, "Export without --checkpoint_path (random weights; "
                      "for testing the serving path).")
+flags.DEFINE_integer("precise_bn_batches", 0, "Precise BN before exporting (a training run of ours): "
+                     "recompute every BN's statistics on this many batches of the run's training split, "
+                     "preprocessed as for evaluation (full size), store them as a new checkpoint "
+                     "ckpt_precise_bn-<step> in the run folder and export that (0: off).")
+flags.DEFINE_integer("precise_bn_batch_size", 2, "Images per precise-BN batch (>= 2).")
 flags.DEFINE_boolean("allow_unpublished_architecture", False, "Write an official-format checkpoint for "
                      "an architecture the official hnasnet code cannot build (names follow the same "
                      "scheme, but the official graph will not match).")
@@ -58,29 +78,38 @@ _STRUCTURE_FLAGS = ("atrous_rates", "output_stride", "decoder_output_stride", "a
 def config_from_flags(fv=FLAGS):
     """ExportConfig from parsed flags; only explicitly given model/dataset flags are passed on."""
     from nas_deeplab.export.exporter import ExportConfig
-    parse = {"atrous_rates": lambda v: list(flags_common.parse_int_list(v, "atrous_rates")),
+    parse = {"atrous_rates": lambda v: list(flags_common.parse_atrous_rates(v)),
              "decoder_output_stride": flags_common.parse_decoder_output_stride}
     structure = {}
     for name in _STRUCTURE_FLAGS:
         if fv[name].present:
-            structure[name] = parse.get(name, lambda v: v)(fv[name].value)
+            value = parse.get(name, lambda v: v)(fv[name].value)
+            if value != "auto":      # 'auto' asks for the default: the checkpoint's, or the path's
+                structure[name] = value
     return ExportConfig(
         export_path=fv.export_path, checkpoint_path=fv.checkpoint_path, export_format=fv.export_format,
         architecture=fv.architecture, filter_multiplier=fv.nas_stem_output_num_conv_filters,
         dataset=fv.dataset if fv["dataset"].present else None, num_classes=fv.num_classes,
+        dataset_dir=fv.dataset_dir, tflite_quantization=fv.tflite_quantization,
+        representative_split=fv.representative_split, representative_examples=fv.representative_examples,
+        tflite_allow_select_tf_ops=fv.tflite_allow_select_tf_ops,
         structure=structure,
         inference_scales=flags_common.parse_float_list(fv.inference_scales, "inference_scales") or (1.0,),
         add_flipped_images=fv.add_flipped_images,
         crop_size=flags_common.parse_size(fv.crop_size, "crop_size", allow_none=True),
         overwrite=fv.overwrite, allow_random_init=fv.allow_random_init,
-        allow_unpublished_architecture=fv.allow_unpublished_architecture)
+        allow_unpublished_architecture=fv.allow_unpublished_architecture,
+        precise_bn_batches=fv.precise_bn_batches, precise_bn_batch_size=fv.precise_bn_batch_size)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.export_path:
-        raise app.UsageError("--export_path is required")
+        print("export.py: error: --export_path is required", file=sys.stderr)
+        return 2
+    from nas_deeplab.cli_startup import import_tensorflow
+    import_tensorflow()   # TF's start-up chatter filtered before anything else loads it
     log = logging.getLogger("nas_deeplab")   # our progress lines; TF's INFO chatter stays hidden
     log.setLevel(logging.INFO)
     if not log.handlers:
@@ -88,21 +117,12 @@ def main(argv):
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False
+    from nas_deeplab.export import exporter
     try:
         cfg = config_from_flags(FLAGS)
-    except flags_common.FlagError as e:
-        raise app.UsageError(str(e)) from None
-    from nas_deeplab.architecture import ArchitectureError
-    from nas_deeplab.export import exporter
-    from nas_deeplab.export.official_checkpoint import CheckpointError
-    from nas_deeplab.export.saved_model import ExportError as SavedModelExportError
-    from nas_deeplab.io_utils import OutputError
-    try:
         result = exporter.run_export(cfg)
-    except (exporter.ExportError, CheckpointError, SavedModelExportError, ArchitectureError,
-            OutputError) as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001  flags, checkpoint, data, output: one line, exit 2
+        return flags_common.report_user_error(e, "export.py")
     print(exporter.describe(result))
     return 0
 

@@ -1,4 +1,4 @@
-"""Train Auto-DeepLab (official DeepLab `train.py` flags), then evaluate the eval split.
+r"""Train Auto-DeepLab (official DeepLab `train.py` flags), then evaluate the eval split.
 
     python train.py                                   # quick demo: published cell/path at F=8 on the
                                                       # built-in synthetic set, a few minutes on 2 CPUs
@@ -70,8 +70,15 @@ def define_flags(f=FLAGS) -> None:
     flags.DEFINE_float("max_scale_factor", 2.0, "Maximum random scale for augmentation.", flag_values=f)
     flags.DEFINE_float("scale_factor_step_size", 0.25, "Random scale step (0: uniform).", flag_values=f)
     flags.DEFINE_string("tf_initial_checkpoint", None, "Initial weights: a checkpoint of ours (TF2) or an "
-                        "official DeepLab (TF1 name-based) checkpoint; ignored when resuming.",
-                        flag_values=f)
+                        "official DeepLab (TF1 name-based) checkpoint; ignored when resuming. Every model "
+                        "variable must be in it (else an error names what is missing), except the last "
+                        "layers under --initialize_last_layer=false.", flag_values=f)
+    flags.DEFINE_boolean("initialize_last_layer", True, "Official DeepLab flag: false leaves the last layers "
+                         "out of the --tf_initial_checkpoint restore (they start from their initial values), "
+                         "to fine-tune with another number of classes or other heads.", flag_values=f)
+    flags.DEFINE_boolean("last_layers_contain_logits_only", False, "Official DeepLab flag: with "
+                         "--initialize_last_layer=false, leave out only the logits (default: the logits, "
+                         "image pooling, ASPP, concat projection and decoder).", flag_values=f)
     flags.DEFINE_integer("save_interval_steps", 100, "Checkpoint every this many steps (and at the end).",
                          flag_values=f)
     flags.DEFINE_integer("save_summaries_steps", 10, "TensorBoard scalars every this many steps.",
@@ -84,6 +91,12 @@ def define_flags(f=FLAGS) -> None:
                          flag_values=f)
     flags.DEFINE_boolean("eval_after_training", True, "Evaluate the eval split at the end and print mIoU.",
                          flag_values=f)
+    flags.DEFINE_integer("precise_bn_batches", 0, "Precise BN after training (before the closing "
+                         "evaluation): recompute every BN's statistics on this many batches of the training "
+                         "split preprocessed as for evaluation (full size) and store them as a new checkpoint "
+                         "ckpt_precise_bn-<step> (0: off). Use it after short runs on small crops.",
+                         flag_values=f)
+    flags.DEFINE_integer("precise_bn_batch_size", 2, "Images per precise-BN batch (>= 2).", flag_values=f)
     flags.DEFINE_boolean("print_summary", False, "Print the layer table, trainable_params and multiply_adds "
                          "of the model, then exit (reads no data).", flag_values=f)
     flags.DEFINE_list("summary_input_size", "1024,2048", "Input 'height,width' for --print_summary "
@@ -102,6 +115,7 @@ def default_logdir(model_config, dataset: str) -> str:
 def train_config_from_flags(f=FLAGS):
     from nas_deeplab.training.trainer import TrainConfig
     model = flags_common.model_config_from_flags(f)
+    model.structure()   # the head flags checked against the architecture's path before any work
     return TrainConfig(
         model=model, train_logdir=f.train_logdir or default_logdir(model, f.dataset),
         dataset=f.dataset, dataset_dir=f.dataset_dir, train_split=f.train_split,
@@ -115,10 +129,13 @@ def train_config_from_flags(f=FLAGS):
         weight_decay=f.weight_decay, drop_path_keep_prob=f.drop_path_keep_prob,
         fine_tune_batch_norm=f.fine_tune_batch_norm,
         batch_norm_decay=f.batch_norm_decay, tf_initial_checkpoint=f.tf_initial_checkpoint,
+        initialize_last_layer=f.initialize_last_layer,
+        last_layers_contain_logits_only=f.last_layers_contain_logits_only,
         strategy=f.strategy, num_cpu_replicas=f.num_cpu_replicas, deterministic=f.deterministic,
         seed=f.seed, mixed_precision=f.mixed_precision, save_interval_steps=f.save_interval_steps,
         summary_interval_steps=max(1, f.save_summaries_steps), log_interval_steps=max(1, f.log_steps),
-        skip_corrupt_records=f.skip_corrupt_records)
+        skip_corrupt_records=f.skip_corrupt_records, precise_bn_batches=f.precise_bn_batches,
+        precise_bn_batch_size=f.precise_bn_batch_size)
 
 
 def print_summary(f=FLAGS, stream=None) -> None:
@@ -139,9 +156,36 @@ def print_summary(f=FLAGS, stream=None) -> None:
     print(f"multiply_adds: {macs}", file=stream, flush=True)
 
 
+def describe_run(cfg) -> str:
+    """The header train.py prints before any work: what is trained, on what, how long, in which type."""
+    from nas_deeplab.data.synthetic import resolve_dataset
+    arch = cfg.model.resolve_architecture()
+    source = cfg.model.architecture or "the published architecture (default)"
+    kind = "the published cell and path" if arch.is_published() else "a searched cell and path"
+    heads = cfg.model.structure(arch)
+    decoder = heads["decoder_output_stride"]
+    if decoder:
+        from nas_deeplab.model.end_points import decoder_end_point
+        decoder = f"decoder on {decoder_end_point(arch.backbone, decoder)} (stride {decoder})"
+    descriptor, dataset_dir = resolve_dataset(cfg.dataset, cfg.dataset_dir)   # its real split sizes
+    split = cfg.train_split or descriptor.default_train_split
+    size = descriptor.splits_to_sizes.get(split)
+    crop = "x".join(map(str, cfg.train_crop_size))
+    return "\n".join([
+        f"architecture {arch.name}: {kind}, F={arch.filter_multiplier}, from {source}",
+        f"  path {list(arch.backbone)}: output stride {heads['output_stride']}, ASPP rates "
+        f"{'/'.join(map(str, heads['atrous_rates'])) or 'none'}, {decoder or 'no decoder'}",
+        f"data {descriptor.name}, split {split}" + (f" ({size} examples)" if size else "")
+        + f" from {dataset_dir}",
+        f"crop {crop}, batch {cfg.train_batch_size}, {cfg.training_number_of_steps} steps, precision "
+        f"{'float32' if cfg.mixed_precision == 'none' else cfg.mixed_precision}; logs in {cfg.train_logdir}"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from nas_deeplab.cli_startup import import_tensorflow
+    import_tensorflow()   # TF's start-up chatter filtered before anything else loads it
     return run(FLAGS)
 
 
@@ -155,9 +199,11 @@ def run(f, stream=None) -> int:
             return 0
         cfg = train_config_from_flags(f)
         cfg.validate()
+        header = describe_run(cfg)
     except ValueError as e:  # FlagError, ArchitectureError, DataError, config validation
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    print(header, file=stream, flush=True)
     flags_common.apply_thread_flags(f, prefer="op_parallel", stream=stream)
     from nas_deeplab.training import trainer
     if cfg.num_cpu_replicas > 1:

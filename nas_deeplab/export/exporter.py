@@ -1,32 +1,44 @@
 """`export.py` as a library: decide what model a checkpoint holds, build it, restore it, write it out.
 
 What the model is comes, in order of authority, from: the training metadata next to a TF2 checkpoint
-(`checkpoint_meta.json`: architecture, num_classes, head structure), the shapes stored in an
-official-format checkpoint (filter multiplier, number of classes), and the flags. A flag that
-contradicts the metadata or the checkpoint is an error that names both values: exporting a model
-different from the one trained would only fail later, or silently serve garbage.
+(`checkpoint_meta.json`: architecture, num_classes, head structure), the names and shapes stored in
+an official-format checkpoint (filter multiplier, cells, classes, separable or regular ASPP and
+decoder, decoder stride, atrous branches, image pooling: `official/infer.py`), and the flags. A flag
+that contradicts the metadata or the checkpoint is an error that names both values: exporting a
+model different from the one trained would only fail later, or silently serve garbage. The restore
+must then be complete (`official/restore.py`): an export never carries randomly initialised weights
+unless asked to with --allow_random_init.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
 from typing import Any, Sequence
 
 from nas_deeplab import architecture as arch_lib
-from nas_deeplab.export import official_checkpoint as oc
-from nas_deeplab.export import restore as restore_lib
 from nas_deeplab.export import saved_model as sm
+from nas_deeplab.official import checkpoint as oc
+from nas_deeplab.official import infer
+from nas_deeplab.official import restore as restore_lib
 from nas_deeplab.io_utils import OutputError, check_writable_dir, atomic_directory
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model", "official_checkpoint")
+# saved_model: serving; official_checkpoint: research/deeplab; keras: a .keras file (Keras 3 users);
+# features: a backbone SavedModel (end points out); tflite: one .tflite file for devices.
+FORMATS = ("saved_model", "official_checkpoint", "keras", "features", "tflite")
+SINGLE_FILE_FORMATS = ("keras", "tflite")   # --export_path is the file itself
 OFFICIAL_PREFIX_NAME = "model.ckpt"
 STRUCTURE_KEYS = ("atrous_rates", "output_stride", "decoder_output_stride", "aspp_with_separable_conv",
                   "decoder_use_separable_conv")
+RUN_METADATA_FILE = "checkpoint_meta.json"   # written by nas_deeplab.training.checkpointing
+# ModelOptions fields an official checkpoint fixes (official/infer.py), besides num_classes.
+INFERRED_OPTIONS = ("aspp_with_separable_conv", "decoder_use_separable_conv", "decoder_output_stride",
+                    "add_image_level_feature", "aspp_convs_filters", "decoder_filters")
 
 
 class ExportError(ValueError):
@@ -51,6 +63,13 @@ class ExportConfig:
     overwrite: bool = False
     allow_random_init: bool = False
     allow_unpublished_architecture: bool = False
+    precise_bn_batches: int = 0                   # >0: precise BN first (training/precise_bn.py)
+    precise_bn_batch_size: int = 2
+    dataset_dir: str | None = None                # int8 TFLite calibration data (default: the run's)
+    tflite_quantization: str = "none"             # none | float16 | int8 (export/tflite.py)
+    representative_split: str | None = None       # int8: the split its calibration images come from
+    representative_examples: int = 100
+    tflite_allow_select_tf_ops: bool = False
 
 
 @dataclasses.dataclass
@@ -61,6 +80,8 @@ class ExportResult:
     num_classes: int
     restore: restore_lib.RestoreInfo | None
     model: Any = None             # the restored Keras model that was exported
+    architecture_source: str | None = None   # the flag or file the architecture was taken from
+    format_result: Any = None     # tflite: the TFLiteResult (size, quantization, ops left in float)
 
 
 # -- deciding what the model is --------------------------------------------------------------------
@@ -71,15 +92,74 @@ def _arch_diffs(a: arch_lib.Architecture, b: arch_lib.Architecture) -> list[str]
                                                      "filter_multiplier") if da[k] != db[k]]
 
 
-def _official_facts(prefix: str) -> dict[str, int]:
-    """Filter multiplier and number of classes read off an official checkpoint's shapes."""
-    shapes = oc.variable_shapes(prefix)
-    facts = {}
-    if "hnasnet/cell_0/1x1/weights" in shapes:
-        facts["filter_multiplier"] = int(shapes["hnasnet/cell_0/1x1/weights"][-1])
-    if "logits/semantic/weights" in shapes:
-        facts["num_classes"] = int(shapes["logits/semantic/weights"][-1])
-    return facts
+RUN_FOLDER_KEY = "_run_folder"   # added to the metadata read by find_run_metadata: where it was
+
+
+def _run_architecture_file(meta: dict, arch: arch_lib.Architecture):
+    """(name, path) of the run's architecture.json (train.py writes it; the metadata drops the name)
+    when it describes `arch`, else (None, the metadata file)."""
+    folder = meta.get(RUN_FOLDER_KEY, "")
+    path = os.path.join(folder, "architecture.json")
+    try:
+        named = arch_lib.Architecture.load(path)
+    except arch_lib.ArchitectureError:
+        return None, os.path.join(folder, RUN_METADATA_FILE)
+    if _arch_diffs(named, arch):
+        return None, os.path.join(folder, RUN_METADATA_FILE)
+    return named.name, path
+
+
+def find_run_metadata(checkpoint_path: str) -> dict | None:
+    """The training metadata (architecture, num_classes, model structure) next to a checkpoint."""
+    path = os.path.expanduser(checkpoint_path)
+    folders = [path] if os.path.isdir(path) else [os.path.dirname(os.path.abspath(path))]
+    folders.append(os.path.dirname(os.path.abspath(folders[0].rstrip(os.sep))))  # run/checkpoints/
+    for folder in folders:
+        meta = os.path.join(folder, RUN_METADATA_FILE)
+        if os.path.isfile(meta):
+            try:
+                with open(meta, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise oc.CheckpointError(f"{meta} is unreadable ({e})") from None
+            if not isinstance(data, dict):
+                raise oc.CheckpointError(f"{meta}: expected a JSON object")
+            data[RUN_FOLDER_KEY] = folder
+            return data
+    return None
+
+
+def _official_heads(cfg: ExportConfig, facts: infer.CheckpointFacts, arch, prefix: str) -> dict[str, Any]:
+    """The head options of an official checkpoint, from its names and shapes; explicit flags must
+    agree (a contradiction is refused naming both), the rest are taken from the checkpoint."""
+    if facts.num_classes is None or not facts.has_heads:
+        raise ExportError(f"{prefix} has no {'ASPP (aspp0/weights)' if not facts.has_heads else infer.LOGITS}: "
+                          "a backbone-only checkpoint is no model to export; fine-tune it first with "
+                          f"train.py --tf_initial_checkpoint={prefix} --initialize_last_layer=false")
+    try:
+        implied = infer.implied_options(facts, arch, cfg.structure.get("decoder_output_stride"))
+    except oc.CheckpointError as e:
+        raise ExportError(f"{prefix}: {e}") from None
+    asked = {k: v for k, v in cfg.structure.items() if k in INFERRED_OPTIONS}
+    if "atrous_rates" in cfg.structure:
+        asked["num_atrous_rates"] = len(cfg.structure["atrous_rates"] or ())
+    for c in infer.conflicts(implied, asked):
+        flag = infer.FLAG[c.key]
+        given = ((",".join(str(r) for r in cfg.structure["atrous_rates"]) or "none")
+                 if c.key == "num_atrous_rates" else infer.flag_value(c.key, c.asked).split("=", 1)[1])
+        raise ExportError(f"--{flag}={given} contradicts checkpoint {prefix}: it has "
+                          f"{infer.describe(c.key, c.implied.value)} ({c.implied.evidence}); leave --{flag} "
+                          "unset to use the checkpoint's")
+    structure = {k: imp.value for k, imp in implied.items() if k in INFERRED_OPTIONS}
+    n_rates = implied["num_atrous_rates"].value
+    if "atrous_rates" not in cfg.structure:
+        if n_rates == 0:
+            structure["atrous_rates"] = []
+        elif n_rates != infer.DEFAULT_NUM_ATROUS_RATES:
+            raise ExportError(f"{prefix} has {n_rates} atrous ASPP branches (aspp1..aspp{n_rates}), and a "
+                              f"checkpoint does not store the rates: pass --atrous_rates with {n_rates} values")
+    structure.update(cfg.structure)
+    return structure
 
 
 def _step_from_prefix(prefix: str) -> int | None:
@@ -88,21 +168,23 @@ def _step_from_prefix(prefix: str) -> int | None:
 
 
 def resolve_model(cfg: ExportConfig, prefix: str | None, kind: str | None):
-    """(Architecture, num_classes, structure dict, dataset descriptor or None) for this export."""
-    meta = restore_lib.find_run_metadata(prefix) if prefix and kind == oc.KIND_TF2 else None
-    facts = _official_facts(prefix) if prefix and kind == oc.KIND_OFFICIAL else {}
+    """(Architecture, num_classes, structure dict, dataset descriptor or None, where the architecture
+    came from) for this export."""
+    meta = find_run_metadata(prefix) if prefix and kind == oc.KIND_TF2 else None
+    facts = infer.read_facts(oc.variable_shapes(prefix), prefix) if prefix and kind == oc.KIND_OFFICIAL else None
     where = prefix or "--allow_random_init"
 
     # architecture
-    arch = None
+    arch, arch_source = None, None
     if cfg.architecture:
+        arch_source = f"--architecture={cfg.architecture}"
         try:
             arch = arch_lib.resolve(cfg.architecture, cfg.filter_multiplier)
         except arch_lib.ArchitectureError as e:
             raise ExportError(f"--architecture: {e}") from None
     if meta and meta.get("architecture"):
         try:
-            meta_arch = arch_lib.Architecture.from_dict(meta["architecture"], source=restore_lib.RUN_METADATA_FILE)
+            meta_arch = arch_lib.Architecture.from_dict(meta["architecture"], source=RUN_METADATA_FILE)
         except arch_lib.ArchitectureError as e:
             raise ExportError(str(e)) from None
         if arch is None and cfg.filter_multiplier:
@@ -114,22 +196,29 @@ def resolve_model(cfg: ExportConfig, prefix: str | None, kind: str | None):
                                   f"trained with (flags vs checkpoint):\n  " + "\n  ".join(diffs)
                                   + "\nleave --architecture/--nas_stem_output_num_conv_filters unset to "
                                     "use the checkpoint's")
-        arch = arch or meta_arch
+        if arch is None:
+            name, source = _run_architecture_file(meta, meta_arch)
+            arch = dataclasses.replace(meta_arch, name=name) if name else meta_arch
+            arch_source = source
     if arch is None:
-        f = cfg.filter_multiplier or facts.get("filter_multiplier")
+        f = cfg.filter_multiplier
         if kind == oc.KIND_OFFICIAL:
-            arch = arch_lib.published(f or 20, name="published")   # 20: the official flag default
+            # The published path starts at level 0, so cell 0's filters are F itself.
+            f = f or facts.cell_0_filters or 20   # 20: the official flag default
+            arch = arch_lib.published(f, name="published")
+            arch_source = "the official checkpoint (its only architecture)"
         elif kind is None and cfg.allow_random_init:
             from nas_deeplab.training.model_config import ModelConfig
             arch = ModelConfig(filter_multiplier=f).resolve_architecture()  # train.py's default
+            arch_source = "train.py's default (random weights)"
         else:
-            raise ExportError(f"cannot tell the architecture of {where}: no {restore_lib.RUN_METADATA_FILE} "
+            raise ExportError(f"cannot tell the architecture of {where}: no {RUN_METADATA_FILE} "
                               "next to it; pass --architecture (preset or architecture.json)")
-    if facts.get("filter_multiplier") and facts["filter_multiplier"] != arch.filter_multiplier:
-        raise ExportError(f"{where} is an official checkpoint with filter multiplier "
-                          f"{facts['filter_multiplier']} (hnasnet/cell_0/1x1/weights), but the requested "
-                          f"architecture has {arch.filter_multiplier} "
-                          "(--nas_stem_output_num_conv_filters / --architecture)")
+    if facts is not None:
+        problems = infer.backbone_problems(facts, arch)
+        if problems:
+            raise ExportError(f"{where} is an official checkpoint of another backbone than the requested "
+                              f"architecture: " + "; ".join(problems))
 
     # dataset and classes
     descriptor = None
@@ -141,8 +230,8 @@ def resolve_model(cfg: ExportConfig, prefix: str | None, kind: str | None):
             raise ExportError(f"--dataset: {e}") from None
     candidates = [("--num_classes", cfg.num_classes),
                   ("--dataset", descriptor.num_classes if descriptor else None),
-                  (restore_lib.RUN_METADATA_FILE, (meta or {}).get("num_classes")),
-                  ("logits/semantic/weights in the checkpoint", facts.get("num_classes"))]
+                  (RUN_METADATA_FILE, (meta or {}).get("num_classes")),
+                  (f"{infer.LOGITS} in the checkpoint", facts.num_classes if facts else None)]
     given = [(src, int(n)) for src, n in candidates if n is not None]
     if not given:
         raise ExportError(f"cannot tell the number of classes of {where}: pass --dataset (or --num_classes)")
@@ -150,7 +239,9 @@ def resolve_model(cfg: ExportConfig, prefix: str | None, kind: str | None):
         raise ExportError("the number of classes disagrees: " + ", ".join(f"{s} says {n}" for s, n in given))
     num_classes = given[0][1]
 
-    # head structure: metadata, overridden by explicit flags only if they agree
+    # head structure: metadata or the official checkpoint's names, explicit flags only if they agree
+    if facts is not None:
+        return arch, num_classes, _official_heads(cfg, facts, arch, prefix), descriptor, arch_source
     structure = {}
     if meta and isinstance(meta.get("structure"), dict):
         structure.update({k: v for k, v in meta["structure"].items() if k in STRUCTURE_KEYS})
@@ -159,7 +250,7 @@ def resolve_model(cfg: ExportConfig, prefix: str | None, kind: str | None):
             raise ExportError(f"--{k}={v!r} contradicts the checkpoint's training metadata "
                               f"({k}={structure[k]!r}); leave it unset to use the checkpoint's")
         structure[k] = v
-    return arch, num_classes, structure, descriptor
+    return arch, num_classes, structure, descriptor, arch_source
 
 
 def _norm(v):
@@ -173,18 +264,24 @@ def build_model(arch, num_classes: int, structure: dict[str, Any]):
     if "atrous_rates" in kw:
         kw["atrous_rates"] = tuple(kw["atrous_rates"] or ())
     try:
-        options = ModelOptions(num_classes=num_classes, **kw)
+        model = build_deeplab(arch, ModelOptions(num_classes=num_classes, **kw))
     except (TypeError, ValueError) as e:
         raise ExportError(f"invalid model options: {e}") from None
-    return build_deeplab(arch, options), options
+    return model, model.options   # the options with the path-derived defaults filled in
 
 
 # -- the export ------------------------------------------------------------------------------------
 
-def _check_export_path(path: str, overwrite: bool) -> None:
+def _check_export_path(path: str, overwrite: bool, export_format: str = "saved_model") -> None:
     if not path:
         raise ExportError("--export_path is required")
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
+    if export_format in SINGLE_FILE_FORMATS:
+        if os.path.isdir(path):
+            raise OutputError(f"--export_path {path} is a folder; --export_format={export_format} writes one "
+                              f"file (e.g. model.{export_format})")
+        if os.path.exists(path) and not overwrite:
+            raise OutputError(f"--export_path {path} exists (pass --overwrite to replace it)")
+    elif os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
         raise OutputError(f"--export_path {path} exists and is not empty (pass --overwrite to replace it)")
     # Fail before building anything if the folder that will receive the export is not writable.
     check_writable_dir(os.path.dirname(os.path.abspath(path)), "the folder of --export_path")
@@ -202,7 +299,8 @@ def _dataset_asset(descriptor, num_classes: int) -> dict:
 def run_export(cfg: ExportConfig) -> ExportResult:
     if cfg.export_format not in FORMATS:
         raise ExportError(f"--export_format={cfg.export_format!r}: choose one of {list(FORMATS)}")
-    _check_export_path(cfg.export_path, cfg.overwrite)
+    _check_export_path(cfg.export_path, cfg.overwrite, cfg.export_format)
+    _check_format_flags(cfg)
     if not cfg.checkpoint_path and not cfg.allow_random_init:
         raise ExportError("no --checkpoint_path given: refusing to export a randomly initialised model "
                           "(pass --allow_random_init to do so on purpose, e.g. to test serving)")
@@ -210,37 +308,58 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if cfg.checkpoint_path:
         prefix = oc.resolve_checkpoint_prefix(cfg.checkpoint_path)
         kind = oc.checkpoint_kind(prefix)
-    arch, num_classes, structure, descriptor = resolve_model(cfg, prefix, kind)
+    arch, num_classes, structure, descriptor, arch_source = resolve_model(cfg, prefix, kind)
     if cfg.export_format == "official_checkpoint":
         oc.check_official_compatible(arch, cfg.allow_unpublished_architecture)
+    if cfg.precise_bn_batches:
+        prefix = _precise_bn(cfg, prefix, kind)
     model, options = build_model(arch, num_classes, structure)
 
     info = None
     if prefix:
-        info = restore_lib.restore_weights(model, prefix)
+        info = restore_lib.restore_weights(model, prefix, refuse_unused=True)   # complete or an error
         log.info("%s", info.summary())
-        if info.missing:
-            log.warning("WARNING: %d model variables were not in %s and keep their random initial values",
-                        len(info.missing), prefix)
     else:
         log.warning("WARNING: exporting a randomly initialised model (--allow_random_init)")
 
-    if cfg.export_format == "saved_model":
+    source = {"checkpoint": prefix, "checkpoint_kind": kind,
+              "restored": len(info.restored) if info else 0,
+              "not_restored": list(info.excluded) if info else None,
+              "precise_bn": _precise_bn_info(prefix, kind)}
+    extra = None
+    if cfg.export_format == "keras":
+        from nas_deeplab.export.keras_format import save_keras
+        path = save_keras(model, cfg.export_path, overwrite=cfg.overwrite)
+    elif cfg.export_format == "features":
+        from nas_deeplab.export.features_model import export_features_model
+        path = export_features_model(model, cfg.export_path, overwrite=cfg.overwrite,
+                                     metadata={"source.json": source,
+                                               "dataset.json": _dataset_asset(descriptor, num_classes)})
+    elif cfg.export_format == "tflite":
+        from nas_deeplab.export import tflite
+        representative = None
+        if cfg.tflite_quantization == "int8":
+            rep_descriptor, rep_dir = _calibration_data(cfg, prefix, descriptor)
+            representative = tflite.representative_images_from_split(
+                rep_dir, cfg.representative_split, rep_descriptor, cfg.crop_size, cfg.representative_examples)
+        extra = tflite.export_tflite(model, cfg.export_path, cfg.crop_size, cfg.tflite_quantization,
+                                     representative, num_classes, cfg.inference_scales,
+                                     cfg.add_flipped_images, cfg.tflite_allow_select_tf_ops, cfg.overwrite)
+        path = extra.path
+    elif cfg.export_format == "saved_model":
         metadata = {
             "architecture.json": arch.to_json(),
             "dataset.json": _dataset_asset(descriptor, num_classes),
             "model_options.json": {k: (list(v) if isinstance(v, tuple) else v)
                                    for k, v in dataclasses.asdict(options).items()},
-            "source.json": {"checkpoint": prefix, "checkpoint_kind": kind,
-                            "restored": len(info.restored) if info else 0,
-                            "not_restored": list(info.missing) if info else None},
+            "source.json": source,
         }
         path = sm.export_saved_model(model, cfg.export_path, num_classes=num_classes, metadata=metadata,
                                      inference_scales=cfg.inference_scales,
                                      add_flipped_images=cfg.add_flipped_images, crop_size=cfg.crop_size,
                                      overwrite=cfg.overwrite)
     else:
-        from nas_deeplab.model.official_names import official_variable_map
+        from nas_deeplab.official.names import official_variable_map
         step = None
         if kind == oc.KIND_TF2:
             step = _step_from_prefix(prefix)
@@ -257,7 +376,71 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             with open(os.path.join(tmp, "official_flags.txt"), "w", encoding="utf-8") as f:
                 f.write(official_flags(arch, options))
         path = os.path.abspath(cfg.export_path)
-    return ExportResult(path, cfg.export_format, arch, num_classes, info, model)
+    return ExportResult(path, cfg.export_format, arch, num_classes, info, model, arch_source, extra)
+
+
+def _check_format_flags(cfg: ExportConfig) -> None:
+    """The format's own flags, checked before anything is built (one line naming the flag)."""
+    if cfg.export_format == "keras":
+        from nas_deeplab.export.keras_format import check_keras_path
+        check_keras_path(cfg.export_path)
+    if cfg.export_format != "tflite":
+        if cfg.tflite_quantization != "none" or cfg.representative_split:
+            raise ExportError("--tflite_quantization / --representative_split apply to --export_format=tflite "
+                              f"only (got --export_format={cfg.export_format})")
+        return
+    from nas_deeplab.export import tflite
+    tflite.check_crop_size(cfg.crop_size)
+    tflite.check_quantization(cfg.tflite_quantization)
+    if cfg.tflite_quantization == "int8" and not cfg.representative_split:
+        raise ExportError("--tflite_quantization=int8 needs --representative_split (e.g. train): the "
+                          "converter calibrates the integer ranges on those images")
+    if cfg.representative_examples < 1:
+        raise ExportError(f"--representative_examples must be >= 1, got {cfg.representative_examples}")
+
+
+def _calibration_data(cfg: ExportConfig, prefix: str | None, descriptor):
+    """(descriptor, dataset_dir) of the int8 calibration images: --dataset/--dataset_dir, else the run's."""
+    from nas_deeplab.data.synthetic import resolve_dataset
+    from nas_deeplab.training.evaluator import run_dataset
+    dataset, dataset_dir = cfg.dataset, cfg.dataset_dir
+    if dataset is None and prefix:
+        dataset, run_dir = run_dataset(os.path.dirname(prefix))
+        dataset_dir = dataset_dir or run_dir
+    calib_descriptor, calib_dir = resolve_dataset(dataset, dataset_dir)
+    if cfg.representative_split not in calib_descriptor.splits_to_sizes:
+        raise ExportError(f"--representative_split={cfg.representative_split}: {calib_descriptor.name} has the "
+                          f"splits {sorted(calib_descriptor.splits_to_sizes)}")
+    return calib_descriptor, calib_dir
+
+
+def _precise_bn(cfg: ExportConfig, prefix, kind) -> str:
+    """--precise_bn_batches: recompute the BN statistics of the run's checkpoint, store them as a new
+    checkpoint in the run folder (training/precise_bn.py) and export that one."""
+    if cfg.precise_bn_batches < 0 or cfg.precise_bn_batch_size < 2:
+        raise ExportError("--precise_bn_batches must be >= 0 and --precise_bn_batch_size >= 2")
+    if kind != oc.KIND_TF2:
+        raise ExportError("--precise_bn_batches needs a training run of ours as --checkpoint_path (an "
+                          "official checkpoint has no training data set recorded to recompute BN on)")
+    import sys
+    from nas_deeplab.training import flags_common
+    from nas_deeplab.training.precise_bn import store_precise_checkpoint
+    try:
+        return store_precise_checkpoint(prefix, cfg.precise_bn_batches, cfg.precise_bn_batch_size,
+                                        stream=sys.stderr)
+    except Exception as e:  # noqa: BLE001  user errors become one line naming the flag
+        msg = flags_common.user_error_message(e)
+        if msg is None:
+            raise
+        raise ExportError(f"--precise_bn_batches: {msg}") from None
+
+
+def _precise_bn_info(prefix, kind):
+    """What a precise-BN checkpoint records about its statistics (None for any other checkpoint)."""
+    if kind != oc.KIND_TF2:
+        return None
+    from nas_deeplab.training.precise_bn import read_info
+    return read_info(prefix)
 
 
 def official_flags(arch, options) -> str:
@@ -270,13 +453,16 @@ def official_flags(arch, options) -> str:
         lines.append(f"--decoder_output_stride={options.decoder_output_stride}")
     lines.append(f"--aspp_with_separable_conv={str(options.aspp_with_separable_conv).lower()}")
     lines.append(f"--decoder_use_separable_conv={str(options.decoder_use_separable_conv).lower()}")
+    if not options.add_image_level_feature:
+        lines.append("--add_image_level_feature=false")
     lines.append(f"# num_classes={options.num_classes} (dataset descriptor of the official data_generator)")
     return "\n".join(lines) + "\n"
 
 
 def describe(result: ExportResult) -> str:
     out = [f"wrote {result.export_format} to {result.path}",
-           f"  architecture {result.architecture.name} (F={result.architecture.filter_multiplier}), "
+           f"  architecture {result.architecture.name} (F={result.architecture.filter_multiplier}, path "
+           f"{list(result.architecture.backbone)}) from {result.architecture_source}, "
            f"{result.num_classes} classes"]
     if result.restore is not None:
         out.append("  " + result.restore.summary().replace("\n", "\n  "))
@@ -284,4 +470,12 @@ def describe(result: ExportResult) -> str:
         out.append(f"  serve: signature '{sm.SIGNATURE_KEY}', input {sm.INPUT_NAME} uint8 [N,H,W,3]; "
                    f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}; signature '{sm.LABELS_SIGNATURE_KEY}': "
                    f"{sm.PREDICTIONS} only")
+    elif result.export_format == "keras":
+        out.append("  load: import nas_deeplab.model; keras.saving.load_model(path) (raw 0..255 float "
+                   "images [N,H,W,3] in, logits at the input size out)")
+    elif result.export_format == "features":
+        out.append("  signature 'features': images uint8 [N,H,W,3] -> Stem, Cell_i, features, P2..P5 "
+                   "(assets/features_info.json: strides and channels)")
+    elif result.export_format == "tflite" and result.format_result is not None:
+        out.append("  " + result.format_result.describe().replace("\n", "\n  "))
     return "\n".join(out)

@@ -7,7 +7,8 @@ kept in plain Python lists are invisible to it (their variables, BN moving stati
 would silently be left out). Every entry of `model.variables` is in the map, so a restore is complete
 or fails.
 
-A training folder holds `ckpt-<step>.{index,data-*}`, TF's `checkpoint` state file and
+A training folder holds `ckpt-<step>.{index,data-*}` (and derived copies such as
+`ckpt_precise_bn-<step>`, see `write_derived_checkpoint`), TF's `checkpoint` state file and
 `checkpoint_meta.json` (format version, architecture, num_classes, structural model options). On
 resume the metadata is compared first (a checkpoint of another architecture or an incompatible
 version is refused with a message that lists the differences), then the restore must match every
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
+import time
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -159,16 +163,20 @@ class ResumableCheckpoint:
         return None
 
 
-def restore_model_weights(model, path: str) -> str:
+def restore_model_weights(model, path: str, exclude_paths=()) -> str:
     """Initialise `model` from a TF2 checkpoint of ours (a prefix or a run folder): model weights
-    only, no optimizer/step. Every model variable must be found (shape mismatches raise)."""
+    only, no optimizer/step. Every model variable must be found (shape mismatches raise), except
+    the variables whose paths are in `exclude_paths`: those are not read at all (fine-tuning's
+    --initialize_last_layer=false)."""
     prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
     if not prefix:
         raise CheckpointMismatchError(f"no checkpoint found in {path}")
     if not any(k.startswith(MODEL_KEY + "/") for k in tf.train.load_checkpoint(prefix).get_variable_to_shape_map()):
         raise CheckpointMismatchError(f"{prefix} has no '{MODEL_KEY}': it was not written by nas_deeplab "
                                       "training (an official-format checkpoint is loaded by name instead)")
-    ckpt = tf.train.Checkpoint(**{MODEL_KEY: model_variable_map(model)})
+    exclude_paths = set(exclude_paths)
+    variables = {p: v for p, v in model_variable_map(model).items() if p not in exclude_paths}
+    ckpt = tf.train.Checkpoint(**{MODEL_KEY: variables})
     try:
         status = ckpt.restore(prefix)
         status.expect_partial()  # the optimizer and step in the file are not wanted here
@@ -180,3 +188,93 @@ def restore_model_weights(model, path: str) -> str:
         raise CheckpointMismatchError(f"cannot restore {prefix} into this model: "
                                       f"{str(e).splitlines()[0][:500]}") from None
     return prefix
+
+
+# -- derived checkpoints (same weights, optimizer and step; some variables replaced) ---------------
+INFO_TENSOR = "_NAS_DEEPLAB_CHECKPOINT_INFO"   # JSON string; outside the object graph, ignored on restore
+_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_STEP_TENSOR = "step/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_checkpoint_info(prefix: str) -> dict | None:
+    """The info a derived checkpoint carries (e.g. {"precise_bn": {...}}), None for a plain one."""
+    reader = tf.train.load_checkpoint(prefix)
+    if not reader.has_tensor(INFO_TENSOR):
+        return None
+    raw = reader.get_tensor(INFO_TENSOR)
+    return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The number a checkpoint's name ends with (-<n>), else its stored global step, else 0."""
+    m = re.search(r"-(\d+)$", prefix)
+    if m:
+        return int(m.group(1))
+    reader = tf.train.load_checkpoint(prefix)
+    return int(reader.get_tensor(_STEP_TENSOR)) if reader.has_tensor(_STEP_TENSOR) else 0
+
+
+def write_derived_checkpoint(source_prefix: str, name: str, model, changed, info: Mapping[str, Any]) -> str:
+    """Write `<folder>/<name>-<step>`: a copy of checkpoint `source_prefix` (every tensor, so model,
+    optimizer slots and step restore as from the source and training resumes from it) in which the
+    `changed` variables of `model` take their current values, plus `info` (`read_checkpoint_info`).
+
+    Written under a temporary name and renamed; then TF's `checkpoint` state file lists it (atomic
+    rewrite), as the newest checkpoint when the source was the newest (an older source keeps the
+    newest as it is). Returns the new prefix; an existing one of that name is replaced."""
+    source_prefix = os.path.abspath(source_prefix)
+    directory = os.path.dirname(source_prefix)
+    reader = tf.train.load_checkpoint(source_prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    new_prefix = os.path.join(directory, f"{name}-{checkpoint_step(source_prefix)}")
+    wanted = {id(v) for v in changed}
+    subset = {p: v for p, v in model_variable_map(model).items() if id(v) in wanted}
+    if len(subset) != len(wanted):
+        raise ValueError("write_derived_checkpoint: `changed` holds variables that are not the model's")
+    tensors = {k: reader.get_tensor(k) for k in dtypes if k != INFO_TENSOR}
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".derived_") as tmp:
+        # The same {path: variable} map under the same key as training's: the same tensor names.
+        values = tf.train.load_checkpoint(tf.train.Checkpoint(**{MODEL_KEY: subset}).write(
+            os.path.join(tmp, "values")))
+        for key in values.get_variable_to_shape_map():
+            if not key.startswith(MODEL_KEY + "/"):   # its object graph, a save counter
+                continue
+            if key not in tensors:
+                raise CheckpointMismatchError(f"{source_prefix} has no {key}: it does not hold this model")
+            tensors[key] = values.get_tensor(key)
+        names = sorted(tensors)
+        data = [tf.constant(tensors[k], dtype=dtypes[k]) for k in names]
+        names.append(INFO_TENSOR)
+        data.append(tf.constant(json.dumps(dict(info), sort_keys=True)))
+        tmp_prefix = os.path.join(tmp, "out")
+        tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=data)
+        for f in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):   # the index last
+            if f.startswith("out."):
+                os.replace(os.path.join(tmp, f), new_prefix + f[len("out"):])
+    _list_in_state_file(directory, source_prefix, new_prefix)
+    return new_prefix
+
+
+def _list_in_state_file(directory: str, source_prefix: str, new_prefix: str) -> None:
+    state = tf.train.get_checkpoint_state(directory)
+    base = os.path.basename
+    paths = [base(p) for p in state.all_model_checkpoint_paths] if state else []
+    stamps = list(state.all_model_checkpoint_timestamps) if state else []
+    stamps = stamps if len(stamps) == len(paths) else [time.time()] * len(paths)
+    latest = base(state.model_checkpoint_path) if state and state.model_checkpoint_path else None
+    entries = [(p, t) for p, t in zip(paths, stamps) if p != base(new_prefix)]
+    now = (base(new_prefix), time.time())
+    if latest in (None, base(source_prefix), base(new_prefix)):
+        entries.append(now)
+        latest = base(new_prefix)
+    else:
+        after = next((i + 1 for i, (p, _) in enumerate(entries) if p == base(source_prefix)), len(entries))
+        entries.insert(after, now)
+    # What CheckpointManager itself calls (the public tf.compat.v1 wrapper logs a deprecation notice).
+    from tensorflow.python.checkpoint import checkpoint_management
+    checkpoint_management.update_checkpoint_state_internal(
+        directory, latest, all_model_checkpoint_paths=[p for p, _ in entries],
+        all_model_checkpoint_timestamps=[t for _, t in entries],
+        last_preserved_timestamp=state.last_preserved_timestamp if state else None,
+        save_relative_paths=True)

@@ -10,6 +10,8 @@ Resume: the global step, model, optimizer slots and the checkpoint metadata are 
 newest checkpoint in `train_logdir`. The input stream is a pure function of (seed, position), so with
 `deterministic=True` the resumed run skips the batches already consumed and continues bit-exactly;
 without it, the resumed stream is reseeded (cheap, but a different sequence).
+With `precise_bn_batches`, the chief then recomputes the BN statistics (`precise_bn.py`) and stores
+them as a new newest checkpoint, which a later resume starts from.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ except ImportError:  # pragma: no cover
     pass
 
 from nas_deeplab.io_utils import atomic_write_text, check_writable_dir
-from nas_deeplab.training import checkpointing, distribute, metrics
+from nas_deeplab.training import checkpointing, distribute, guarded_update, metrics
 from nas_deeplab.training.distribute import is_chief, make_strategy
 from nas_deeplab.training.losses import valid_pixel_mean_loss
 from nas_deeplab.training.model_config import ModelConfig
@@ -79,6 +81,8 @@ class TrainConfig:
     fine_tune_batch_norm: bool = True
     batch_norm_decay: float | None = None   # None: official 0.9997, lowered for short runs (see below)
     tf_initial_checkpoint: str | None = None
+    initialize_last_layer: bool = True      # False: official fine-tuning, the last layers start afresh
+    last_layers_contain_logits_only: bool = False   # ... and then only the logits are "last layers"
     strategy: str = "mirrored"
     num_cpu_replicas: int = 0               # >1: split the CPU into that many logical devices
     deterministic: bool = False
@@ -89,6 +93,8 @@ class TrainConfig:
     log_interval_steps: int = 10
     max_to_keep: int = 2
     skip_corrupt_records: bool = False
+    precise_bn_batches: int = 0             # >0: precise BN after training (training/precise_bn.py)
+    precise_bn_batch_size: int = 2
 
     def validate(self) -> None:
         def bad(flag, msg):
@@ -120,6 +126,11 @@ class TrainConfig:
             bad("mixed_precision", f"choose one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if self.save_interval_steps < 1:
             bad("save_interval_steps", f"must be >= 1, got {self.save_interval_steps}")
+        if self.precise_bn_batches < 0:
+            bad("precise_bn_batches", f"must be >= 0, got {self.precise_bn_batches}")
+        if self.precise_bn_batch_size < 2:
+            bad("precise_bn_batch_size", f"must be >= 2 (the image-pooling BN normalises over the batch), "
+                f"got {self.precise_bn_batch_size}")
 
 
 OFFICIAL_BN_DECAY = 0.9997
@@ -195,9 +206,15 @@ def train(cfg: TrainConfig, *, dataset_fn: Callable[..., tf.data.Dataset] | None
     strategy = make_strategy(cfg.strategy, cfg.num_cpu_replicas)
     determinism_was_on = seed_everything(seed, cfg.deterministic)
     try:
-        return _train_in_strategy(cfg, strategy, seed, dataset_fn, stream)
+        result = _train_in_strategy(cfg, strategy, seed, dataset_fn, stream)
     finally:
         _restore_op_determinism(determinism_was_on)
+    if cfg.precise_bn_batches and result.checkpoint and is_chief(strategy):
+        # Outside the strategy and the training precision policy: the model is built as eval.py builds it.
+        from nas_deeplab.training.precise_bn import store_precise_checkpoint
+        result.checkpoint = store_precise_checkpoint(result.checkpoint, cfg.precise_bn_batches,
+                                                     cfg.precise_bn_batch_size, cfg.model, stream=stream)
+    return result
 
 
 def _train_in_strategy(cfg, strategy, seed, dataset_fn, stream):
@@ -262,7 +279,7 @@ def _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, s
         trainable = model.trainable_variables
         optimizer.build(trainable)
 
-    meta = checkpointing.build_metadata(arch, num_classes, cfg.model.structure(),
+    meta = checkpointing.build_metadata(arch, num_classes, cfg.model.structure(arch),
                                         extra={"dataset": descriptor.name})
     ckpt = checkpointing.ResumableCheckpoint(logdir, meta, max_to_keep=cfg.max_to_keep, is_chief=chief,
                                              worker_id=worker_idx, model=model, optimizer=optimizer,
@@ -271,7 +288,8 @@ def _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, s
     if resumed:
         print(f"resumed from {resumed} (step {int(step.numpy())})", file=stream, flush=True)
     elif cfg.tf_initial_checkpoint:
-        initialise_from_checkpoint(model, cfg.tf_initial_checkpoint, stream)
+        initialise_from_checkpoint(model, cfg.tf_initial_checkpoint, stream, cfg.initialize_last_layer,
+                                   cfg.last_layers_contain_logits_only)
     start = int(step.numpy())
     if chief:
         atomic_write_text(os.path.join(logdir, "architecture.json"), arch.to_json())
@@ -300,17 +318,14 @@ def _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, s
             total = loss + reg
             target = optimizer.scale_loss(total) if loss_scaled else total
         grads = tape.gradient(target, trainable)
-        ctx = tf.distribute.get_replica_context()
         if loss_scaled:
             # Dynamic loss scaling skips overflowing steps itself; only the loss is guarded here.
             bad = tf.cast(tf.logical_not(tf.math.is_finite(loss)), tf.float32)[None]
             bad = tf.concat([bad, tf.zeros([len(trainable)])], 0)
             optimizer.apply_gradients(zip(grads, trainable))
         else:
-            bad = tf.stack([tf.logical_not(tf.math.is_finite(total))]
-                           + [tf.logical_not(tf.reduce_all(tf.math.is_finite(g))) for g in grads])
-            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32))
-            _apply_if(tf.equal(tf.reduce_sum(bad), 0.0), grads, trainable, optimizer)
+            bad = guarded_update.nonfinite_flags([total] + grads)  # one decision for all replicas
+            guarded_update.apply_if(tf.equal(tf.reduce_sum(bad), 0.0), grads, trainable, optimizer)
         preds = tf.argmax(logits, axis=-1, output_type=tf.int32)
         cm = metrics.confusion_matrix_tf(labels, preds, num_classes, ignore)
         return {"loss": loss, "total": total, "bad": bad, "cm": cm}
@@ -376,30 +391,6 @@ def _count(counters) -> int:
     return int(sum(int(c.numpy()) for c in counters))
 
 
-def _apply_if(ok, grads, variables, optimizer):
-    """optimizer.apply_gradients only when `ok` (same value on every replica).
-
-    A cond around apply_gradients must sit in cross-replica context when the strategy uses
-    merge_call (Keras' LossScaleOptimizer does the same)."""
-    @tf.autograph.experimental.do_not_convert
-    def apply(g):
-        optimizer.apply_gradients(zip(g, variables))
-
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(ok, lambda: apply(grads), lambda: None)
-        return
-
-    @tf.autograph.experimental.do_not_convert
-    def cross_replica(distribution, ok, grads):
-        ok0 = distribution.experimental_local_results(ok)[0]
-
-        def do():
-            distribution.extended.call_for_each_replica(apply, args=(grads,))
-        tf.cond(ok0, do, lambda: None)
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(ok, grads))
-
-
 def _distributed_input(cfg, strategy, descriptor, dataset_dir, split, seed, dataset_fn, skip, counters):
     global_batch = cfg.train_batch_size
 
@@ -426,24 +417,18 @@ def _distributed_input(cfg, strategy, descriptor, dataset_dir, split, seed, data
     return distribute.distribute_per_worker(strategy, build, global_batch)
 
 
-def initialise_from_checkpoint(model, path: str, stream=None) -> None:
-    """--tf_initial_checkpoint: a TF2 checkpoint of ours (weights only) or an official TF1 one."""
+def initialise_from_checkpoint(model, path: str, stream=None, initialize_last_layer: bool = True,
+                               last_layers_contain_logits_only: bool = False):
+    """--tf_initial_checkpoint: a TF2 checkpoint of ours (weights only) or an official TF1 one, restored
+    completely except, with initialize_last_layer=False, official DeepLab's last layers (the logits,
+    and unless last_layers_contain_logits_only the ASPP and decoder too). Returns the RestoreInfo;
+    a checkpoint that does not fit raises CheckpointError naming what differs."""
+    from nas_deeplab.official import names, restore
     stream = stream or sys.stdout
-    try:
-        from nas_deeplab.export.official_checkpoint import checkpoint_kind
-        kind = checkpoint_kind(path)
-    except ImportError:
-        kind = "tf2"
-    if kind == "tf2":
-        prefix = checkpointing.restore_model_weights(model, path)
-        print(f"initialised all model weights from {prefix}", file=stream, flush=True)
-        return
-    from nas_deeplab.export.official_checkpoint import load_official_checkpoint
-    restored, missing = load_official_checkpoint(model, path)
-    print(f"initialised {len(restored)} variables from official checkpoint {path}; "
-          f"{len(missing)} not in it (kept their initial values)", file=stream, flush=True)
-    for name in missing:
-        print(f"  not restored: {name}", file=stream)
+    exclude = () if initialize_last_layer else names.last_layer_scopes(last_layers_contain_logits_only)
+    info = restore.restore_weights(model, path, exclude_scopes=exclude)
+    print(f"initialised from --tf_initial_checkpoint: {info.summary()}", file=stream, flush=True)
+    return info
 
 
 def _jsonable(obj) -> Any:
