@@ -100,3 +100,19 @@ def test_bad_paths_name_the_file(tmp_path):
     junk.write_text("not a zip")
     with pytest.raises(KerasFormatError, match="junk.keras: not a .keras file"):
         load_keras(str(junk))
+
+
+def test_auto_deeplab_s_round_trip(tmp_path):
+    """The published S itself (F=20, 19 classes, regular heads): 10,147,427 trainable parameters, as
+    in the paper, before and after the file."""
+    model = build_deeplab(architecture.preset("auto_deeplab_s"),
+                          ModelOptions(num_classes=19, aspp_with_separable_conv=False,
+                                       decoder_use_separable_conv=False))
+    _randomise(model, seed=7)
+    images = tf.constant(np.random.default_rng(2).uniform(0, 255, (1, 33, 33, 3)).astype(np.float32))
+    want = model(images, training=False).numpy()
+    loaded = keras.saving.load_model(save_keras(model, str(tmp_path / "s.keras")))
+    count = lambda m: sum(int(np.prod(v.shape)) for v in m.trainable_variables)  # noqa: E731
+    assert count(model) == count(loaded) == 10147427
+    assert loaded.arch.name == "auto_deeplab_s" and loaded.arch.filter_multiplier == 20
+    np.testing.assert_array_equal(loaded(images, training=False).numpy(), want)
