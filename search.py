@@ -1,6 +1,6 @@
 """Auto-DeepLab architecture search (hierarchical: cell alpha + network-level beta).
 
-    python search.py                      # small preset on the built-in data set (~3 min on 2 CPU cores)
+    python search.py                      # small preset on the built-in data set (~1.5 min on 2 CPU cores)
     python search.py --preset=paper --dataset=cityscapes --dataset_dir=/data/cityscapes_half_res_tfrecord
     # records from: python datasets/build_cityscapes_data.py --resize_factor=0.5 ... (paper Sec. 5.1)
 
@@ -24,7 +24,7 @@ from nas_deeplab.training import flags_common  # noqa: E402
 # scale augmentation (see nas_deeplab/search/searcher.py); the half resolution is built into the records.
 _NO_SCALE = dict(min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.25)
 PRESETS = {
-    # Finishes in about three minutes on two CPU cores with the built-in data set.
+    # About 95 s on an idle 2-core machine with the built-in data set; demonstrates the mechanics only.
     "small": dict(crop_size=65, batch_size=4, filter_multiplier=4, num_layers=8, num_blocks=5, epochs=6,
                   arch_start_epoch=2, steps_per_epoch=0, val_steps=3, **_NO_SCALE),
     # Paper Sec. 5.1: 321x321 crops, batch 2, 40 epochs, alpha/beta from epoch 20, L=12, B=5, F=8; run it

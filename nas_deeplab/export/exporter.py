@@ -318,7 +318,6 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     info = None
     if prefix:
         info = restore_lib.restore_weights(model, prefix, refuse_unused=True)   # complete or an error
-        log.info("%s", info.summary())
     else:
         log.warning("WARNING: exporting a randomly initialised model (--allow_random_init)")
 

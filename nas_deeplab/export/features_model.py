@@ -12,13 +12,11 @@ every output), so the model explains itself without this package.
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 
 import tensorflow as tf
 
-from nas_deeplab.io_utils import OutputError, atomic_directory
+from nas_deeplab.export import saved_model as sm
 from nas_deeplab.model import end_points as end_points_lib
 from nas_deeplab.model.backbone import HNASNet
 from nas_deeplab.model.deeplab import DeepLab, preprocess
@@ -83,18 +81,6 @@ def export_features_model(model, export_path: str, overwrite: bool = False,
                             "level, the last cell of the first stay at the deepest level"}
     files = {"architecture.json": hnasnet.arch.to_json(), INFO_FILE: info, **(metadata or {})}
     with tempfile.TemporaryDirectory(prefix="nas_deeplab_assets_") as asset_dir:
-        paths = {}
-        for name, content in files.items():
-            if os.sep in name or name.startswith("."):
-                raise ValueError(f"bad asset file name {name!r}")
-            paths[name] = os.path.join(asset_dir, name)
-            with open(paths[name], "w", encoding="utf-8") as f:
-                f.write(content if isinstance(content, str) else json.dumps(content, indent=2) + "\n")
-        server = FeaturesServer(hnasnet, paths)
-        signatures = {SIGNATURE_KEY: server.features.get_concrete_function()}
-        with atomic_directory(export_path, overwrite=overwrite) as tmp:
-            try:
-                tf.saved_model.save(server, tmp, signatures=signatures)
-            except (OSError, tf.errors.OpError) as e:
-                raise OutputError(f"cannot write SavedModel {export_path}: {e}") from e
-    return os.path.abspath(export_path)
+        server = FeaturesServer(hnasnet, sm.write_asset_sources(asset_dir, files))
+        return sm.save_atomically(server, export_path, {SIGNATURE_KEY: server.features.get_concrete_function()},
+                                  overwrite)

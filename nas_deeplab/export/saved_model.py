@@ -141,7 +141,18 @@ class SegmentationServer(tf.Module):
         return {PREDICTIONS: tf.identity(predictions, name=PREDICTIONS)}
 
 
-def _write_asset_sources(folder: str, metadata: Mapping[str, object]) -> dict[str, str]:
+def save_atomically(module, export_path: str, signatures, overwrite: bool = False) -> str:
+    """tf.saved_model.save into a temporary folder renamed into place (io_utils.atomic_directory)."""
+    with atomic_directory(export_path, overwrite=overwrite) as tmp:
+        try:
+            tf.saved_model.save(module, tmp, signatures=signatures)
+        except (OSError, tf.errors.OpError) as e:
+            raise OutputError(f"cannot write SavedModel {export_path}: {e}") from e
+    return os.path.abspath(export_path)
+
+
+def write_asset_sources(folder: str, metadata: Mapping[str, object]) -> dict[str, str]:
+    """Each {name: text or JSON-able} as a file in `folder` (the SavedModel copies them as assets)."""
     files = {}
     for name, content in metadata.items():
         if os.sep in name or name.startswith("."):
@@ -180,15 +191,10 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
         "pad_value": PAD_VALUE, "pad_to": "crop_size" if crop_size else f"{SIZE_MULTIPLE}k+1"})
     with tempfile.TemporaryDirectory(prefix="nas_deeplab_assets_") as asset_dir:
         server = SegmentationServer(model, num_classes, inference_scales, add_flipped_images, crop_size,
-                                    _write_asset_sources(asset_dir, metadata))
+                                    write_asset_sources(asset_dir, metadata))
         signatures = {SIGNATURE_KEY: server.serve.get_concrete_function(),
                       LABELS_SIGNATURE_KEY: server.serve_labels.get_concrete_function()}
-        with atomic_directory(export_path, overwrite=overwrite) as tmp:
-            try:
-                tf.saved_model.save(server, tmp, signatures=signatures)
-            except (OSError, tf.errors.OpError) as e:
-                raise OutputError(f"cannot write SavedModel {export_path}: {e}") from e
-    return os.path.abspath(export_path)
+        return save_atomically(server, export_path, signatures, overwrite)
 
 
 def read_asset(export_path: str, name: str) -> str:

@@ -11,8 +11,10 @@ is from that, in terms a NAS user reads:
   strongest one left out, and for each kept edge its top-1 and top-2 non-zero op probabilities.
 * movement: max |alpha - alpha_start| and |beta - beta_start| since the architecture steps began
   (alpha and beta do not change before then, so their initial values are the start).
-* verdict: "prior" when alpha and beta moved less than `MIN_MOVE` (logits), "weak" when the path
-  margin or most blocks' op margins are below `PATH_MARGIN` / `OP_MARGIN`, else "decided".
+* verdict: "prior" when alpha and beta moved less than `MIN_MOVE` (logits), or when the decoded path
+  is less than `PATH_MARGIN` more likely than under a uniform beta and no kept edge's top-1 op leads
+  its top-2 by `OP_MARGIN` (what is decoded is still what the initialisation decodes); "weak" when
+  the path margin or most blocks' op margins are below those; else "decided".
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def summarize(alpha, beta, alpha_start=None, beta_start=None, arch_steps: int | 
     op_ratios = [e["op_prob"] / e["second_op_prob"] for b in cell for e in b["kept"]]
     weak_ops = sum(r < OP_MARGIN for r in op_ratios)
     moved = [m for m in (move_alpha, move_beta) if m is not None]
-    if arch_steps == 0 or (moved and max(moved) < MIN_MOVE):
+    if arch_steps == 0 or (moved and max(moved) < MIN_MOVE) or \
+            (path["gain_over_prior"] < PATH_MARGIN and weak_ops == len(op_ratios)):
         verdict = "prior"
     elif path["margin"] < PATH_MARGIN or weak_ops > len(op_ratios) / 2:
         verdict = "weak"
@@ -130,8 +133,9 @@ def describe(summary: dict) -> list[str]:
     """The lines search.py prints under the found architecture."""
     p = summary["path"]
     lines = [f"how decided: {summary['verdict']}"
-             + {"prior": " -- this is the initialisation, not a search result (alpha/beta moved less than "
-                         f"{MIN_MOVE} since the architecture steps began; run more architecture steps)",
+             + {"prior": " -- this is the initialisation, not a search result (alpha/beta barely moved, "
+                         "or the path and ops are as likely as under the prior; run more architecture "
+                         "steps)",
                 "weak": " -- the choice is close to its alternatives (see search_summary in architecture.json)",
                 "decided": ""}[summary["verdict"]]]
     moved = ", ".join(f"{n} moved {m:.3f}" for n, m in (("alpha", summary["alpha_moved"]),

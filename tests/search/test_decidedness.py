@@ -62,3 +62,20 @@ def test_entropies_of_uniform_alpha_and_beta():
     # Existing source nodes of layers 0..2: stem (2 moves); (0,0) 2, (0,1) 3; (1,0) 2, (1,1) 3, (1,2) 3.
     expected = np.mean([math.log(2), math.log(2), math.log(3), math.log(2), math.log(3), math.log(3)])
     assert eb == pytest.approx(expected)
+
+
+def test_moved_but_still_the_priors_choice_is_the_prior():
+    """alpha moved more than the noise, but only on the zero op, which decoding never picks: the
+    path is as likely as under a uniform beta and no op leads, so it is the prior (the README's
+    small-preset run looked like this: gain 1.01x, 0 of 10 ops). One leading op makes it "weak"."""
+    rng = np.random.RandomState(1)
+    alpha0, beta0 = np.zeros((20, 8)), np.zeros((12, 4, 3))
+    alpha = alpha0 + rng.uniform(-0.04, 0.04, alpha0.shape)    # top-1/top-2 < e^0.08 = 1.08 < 1.1
+    alpha[:, 7] = 0.15                                         # the zero op moved by 0.15 > MIN_MOVE
+    beta = beta0 + rng.uniform(-0.01, 0.01, beta0.shape)
+    s = decidedness.summarize(alpha, beta, alpha0, beta0, arch_steps=48)
+    assert s["alpha_moved"] == pytest.approx(0.15) and s["weak_op_choices"] == s["op_choices"] == 10
+    assert s["path"]["gain_over_prior"] < decidedness.PATH_MARGIN
+    assert s["verdict"] == "prior"
+    alpha[0, 0] = 0.2                                          # e^(0.2 - 0.04) = 1.17x its runner-up
+    assert decidedness.summarize(alpha, beta, alpha0, beta0, arch_steps=48)["verdict"] == "weak"

@@ -19,13 +19,6 @@ from nas_deeplab.training.distribute import make_strategy
 CROP = 33
 
 
-@pytest.fixture(autouse=True)
-def _restore_op_determinism():
-    from tensorflow.python.framework import config as tf_config  # no public "disable" API
-    was_enabled = tf_config.is_op_determinism_enabled()
-    yield
-    if not was_enabled:
-        tf_config.disable_op_determinism()
 
 
 def _batch(num_classes, nan_image=None, seed=0):

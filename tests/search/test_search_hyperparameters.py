@@ -28,13 +28,6 @@ LR_MAX, LR_MIN, MOMENTUM, WEIGHT_DECAY = 0.025, 0.001, 0.9, 3e-4
 ARCH_LR, BETA_1, BETA_2, ARCH_WEIGHT_DECAY, ADAM_EPSILON = 3e-3, 0.5, 0.999, 1e-3, 1e-7  # Keras' eps
 
 
-@pytest.fixture(autouse=True)
-def _restore_op_determinism():
-    from tensorflow.python.framework import config as tf_config  # no public "disable" API
-    was_enabled = tf_config.is_op_determinism_enabled()
-    yield
-    if not was_enabled:
-        tf_config.disable_op_determinism()
 
 
 def cosine_lr(step, total):
