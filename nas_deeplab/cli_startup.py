@@ -32,32 +32,40 @@ def filter_startup_lines(lines: list[str]) -> tuple[list[str], bool]:
     return kept, no_driver
 
 
-def import_tensorflow(stream=None):
+_STATE = {"no_driver": False, "gpus": None, "announced": False}
+
+
+def import_tensorflow(stream=None, announce: bool = True):
     """Import TensorFlow and list its devices with the start-up chatter filtered; returns the module.
-    A no-op filter when TF is already imported (tests, a second call)."""
+
+    `import nas_deeplab` calls it with announce=False; a CLI calls it again (then a no-op import)
+    to print "no GPU driver found" once and to keep absl/TF Python INFO lines hidden."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
     stream = stream or sys.stderr
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            import tensorflow as tf
-            gpus = tf.config.list_physical_devices("GPU")   # cuInit runs here
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        capture.seek(0)
-        lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-    kept, no_driver = filter_startup_lines(lines)
-    for line in kept:
-        stream.write(line)
-    if no_driver and not gpus:
-        stream.write("no GPU driver found: running on the CPU\n")
-    stream.flush()
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)   # absl/TF Python INFO lines (strategy, saver) stay hidden
+    if "tensorflow" not in sys.modules:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                import tensorflow as tf
+                _STATE["gpus"] = tf.config.list_physical_devices("GPU")   # cuInit runs here
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+        kept, _STATE["no_driver"] = filter_startup_lines(lines)
+        for line in kept:
+            sys.stderr.write(line)
+        sys.stderr.flush()
+    tf = sys.modules["tensorflow"]
+    if announce and not _STATE["announced"]:
+        _STATE["announced"] = True
+        if _STATE["no_driver"] and not _STATE["gpus"]:
+            stream.write("no GPU driver found: running on the CPU\n")
+            stream.flush()
+        from absl import logging
+        logging.set_verbosity(logging.WARNING)   # absl/TF Python INFO lines (strategy, saver) stay hidden
     return tf

@@ -470,7 +470,7 @@ def describe(result: ExportResult) -> str:
                    f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}; signature '{sm.LABELS_SIGNATURE_KEY}': "
                    f"{sm.PREDICTIONS} only")
     elif result.export_format == "keras":
-        out.append("  load: import nas_deeplab.model; keras.saving.load_model(path) (raw 0..255 float "
+        out.append("  load: import nas_deeplab; keras.saving.load_model(path) (raw 0..255 float "
                    "images [N,H,W,3] in, logits at the input size out)")
     elif result.export_format == "features":
         out.append("  signature 'features': images uint8 [N,H,W,3] -> Stem, Cell_i, features, P2..P5 "

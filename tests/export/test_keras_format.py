@@ -116,3 +116,19 @@ def test_auto_deeplab_s_round_trip(tmp_path):
     assert count(model) == count(loaded) == 10147427
     assert loaded.arch.name == "auto_deeplab_s" and loaded.arch.filter_multiplier == 20
     np.testing.assert_array_equal(loaded(images, training=False).numpy(), want)
+
+
+def test_import_nas_deeplab_is_all_load_model_needs(tmp_path):
+    """A fresh process that imports only `nas_deeplab` (not nas_deeplab.model) loads the file."""
+    import subprocess
+    import sys
+    model = _published()
+    path = save_keras(model, str(tmp_path / "m.keras"))
+    x = np.full((1, 33, 33, 3), 100.0, np.float32)
+    np.save(tmp_path / "want.npy", model(tf.constant(x), training=False).numpy())
+    code = ("import sys, numpy as np, nas_deeplab, keras; m = keras.saving.load_model(sys.argv[1]); "
+            "x = np.full((1, 33, 33, 3), 100.0, np.float32); "
+            "np.testing.assert_array_equal(m(x, training=False).numpy(), np.load(sys.argv[2])); print('ok')")
+    p = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "want.npy")], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
