@@ -40,7 +40,7 @@ flags.DEFINE_enum("export_format", "saved_model", ["saved_model", "official_chec
                                                    "tflite"],
                   "saved_model: serving SavedModel; official_checkpoint: TF1 checkpoint with the "
                   "official DeepLab variable names (published architecture only); keras: a .keras file "
-                  "(keras.saving.load_model after `import nas_deeplab.model`); features: a backbone "
+                  "(keras.saving.load_model after `import nas_deeplab`); features: a backbone "
                   "SavedModel (signature 'features': uint8 images -> end points and P2..P5); tflite: one "
                   ".tflite (uint8 image in, labels out) at a fixed --crop_size.")
 flags.DEFINE_enum("tflite_quantization", "none", ["none", "float16", "int8"],
