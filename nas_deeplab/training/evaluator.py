@@ -277,7 +277,8 @@ def _warn_about_bn_statistics(model, prefix, ds, stream):
     from nas_deeplab.training import precise_bn
     info = precise_bn.read_info(prefix)
     for batch in ds.take(1):
-        line = precise_bn.degenerate_warning(precise_bn.degenerate_channels(model, batch["image"]))
+        line = precise_bn.degenerate_warning(precise_bn.degenerate_channels(model, batch["image"]),
+                                             precise=info is not None)
         if line:
             print(line, file=stream, flush=True)
     return info

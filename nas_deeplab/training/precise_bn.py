@@ -184,16 +184,19 @@ def degenerate_channels(model, images, relative=DEGENERATE_RELATIVE_VARIANCE) ->
     return out
 
 
-def degenerate_warning(found, limit=3) -> str | None:
-    """One line naming the layers with degenerate moving variance, or None."""
+def degenerate_warning(found, limit=3, precise: bool = False) -> str | None:
+    """One line naming the layers with degenerate moving variance, or None. `precise`: the statistics
+    already are precise-BN ones (then more batches, not precise BN itself, is the advice)."""
     if not found:
         return None
     names = ", ".join(f"{p} ({n}/{c} channels)" for p, n, c in found[:limit])
     more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    advice = ("these are precise-BN statistics: channels ~constant on the images they were computed on; "
+              "use more or more varied --precise_bn_batches" if precise else
+              "recompute the statistics with --precise_bn_batches=N (eval.py / export.py / train.py)")
     return (f"warning: BN moving variance ~0 (< {DEGENERATE_RELATIVE_VARIANCE:g} x the evaluated input "
             f"variance) for active channels of {names}{more}: evaluation amplifies them (outputs can "
-            "blow up); recompute the statistics with --precise_bn_batches=N (eval.py / export.py / "
-            "train.py)")
+            f"blow up); {advice}")
 
 
 def crop_warning(train_crop, eval_size) -> str | None:
