@@ -182,6 +182,7 @@ class Searcher:
         self.chief = distribute.is_chief(self.strategy)
         io_utils.check_writable_dir(cfg.output_dir, "--output_dir")  # creates it, or names why not
         self.timings = {}
+        self._last_path, self._path_changes = None, 0   # the decoded path in TensorBoard (this process)
 
         t0 = time.monotonic()
         with self.strategy.scope():
@@ -371,8 +372,8 @@ class Searcher:
         alpha, beta = self.net.alpha.numpy(), self.net.beta.numpy()
         ent_a, ent_b = decidedness.entropies(alpha, beta)
         path = decode.decode_network(beta)
-        if path != getattr(self, "_last_path", None):
-            self._path_changes = getattr(self, "_path_changes", -1) + 1
+        if path != self._last_path:
+            self._path_changes += self._last_path is not None
             self._last_path = path
             with writer.as_default():
                 tf.summary.text("arch/path", f"step {step}: {path}", step=step)

@@ -49,3 +49,11 @@ def write_shards(folder, split, records, num_shards=1):
                 w.write(r)
         paths.append(p)
     return paths
+
+
+def file_hashes(folder):
+    """{file name: sha256} of a folder's files (byte-identical builds compare equal)."""
+    import hashlib
+    import os
+    return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
+            for n in sorted(os.listdir(folder))}

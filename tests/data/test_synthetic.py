@@ -1,27 +1,22 @@
 """The built-in synthetic set: reproducible bytes, every class present, colour-separable, cached build."""
 
-import hashlib
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from data_helpers import file_hashes
 from nas_deeplab.data import pipeline, synthetic
 from nas_deeplab.data.descriptors import get_descriptor
 from nas_deeplab.data.errors import DataError
-
-
-def _hashes(folder):
-    return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
-            for n in sorted(os.listdir(folder))}
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = synthetic.build(str(tmp_path / "a"), seed=5, num_train=4, num_val=2)
     b = synthetic.build(str(tmp_path / "b"), seed=5, num_train=4, num_val=2)
     c = synthetic.build(str(tmp_path / "c"), seed=6, num_train=4, num_val=2)
-    ha, hb, hc = _hashes(a), _hashes(b), _hashes(c)
+    ha, hb, hc = file_hashes(a), file_hashes(b), file_hashes(c)
     assert sorted(ha) == ["descriptor.json", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
                           "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
     assert ha == hb

@@ -2,7 +2,6 @@
 resolution do, and the CLIs' resolver and pipeline read it."""
 
 import glob
-import hashlib
 import io
 import os
 
@@ -11,6 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data_helpers import file_hashes
 from nas_deeplab.data import pipeline, synthetic, synthetic_context
 from nas_deeplab.data.descriptors import get_descriptor
 from nas_deeplab.data.errors import DataError
@@ -63,16 +63,11 @@ def _iou(labels, pred):
                      for c in range(NUM_CLASSES)])
 
 
-def _hashes(folder):
-    return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest()
-            for n in sorted(os.listdir(folder))}
-
-
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = synthetic_context.build(str(tmp_path / "a"), seed=3, num_train=3, num_val=2)
     b = synthetic_context.build(str(tmp_path / "b"), seed=3, num_train=3, num_val=2)
     c = synthetic_context.build(str(tmp_path / "c"), seed=4, num_train=3, num_val=2)
-    ha, hb, hc = _hashes(a), _hashes(b), _hashes(c)
+    ha, hb, hc = file_hashes(a), file_hashes(b), file_hashes(c)
     assert sorted(ha) == ["descriptor.json", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
                           "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
     assert ha == hb

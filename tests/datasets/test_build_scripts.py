@@ -10,7 +10,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _script(name, *args):
+def run_script(name, *args):
+    """datasets/<name> in a subprocess, as a user runs it (TF quiet)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, os.path.join(ROOT, "datasets", name), *args],
                           capture_output=True, text=True, timeout=300, env=env, check=False)
@@ -18,7 +19,7 @@ def _script(name, *args):
 
 def test_synthetic_script_writes_official_shards(tmp_path):
     out = tmp_path / "syn"
-    p = _script("build_synthetic_data.py", f"--output_dir={out}", "--num_train=4", "--num_val=2",
+    p = run_script("build_synthetic_data.py", f"--output_dir={out}", "--num_train=4", "--num_val=2",
                 "--num_shards=2")
     assert p.returncode == 0, p.stderr[-2000:]
     assert sorted(os.path.basename(f) for f in glob.glob(str(out / "*.tfrecord"))) == [
@@ -31,7 +32,7 @@ def test_synthetic_script_writes_official_shards(tmp_path):
                                        ("build_ade20k_data.py", "--ade_root")])
 def test_missing_source_folder_is_one_clear_line(tmp_path, name, flag):
     missing = tmp_path / "nowhere"
-    p = _script(name, f"{flag}={missing}", f"--output_dir={tmp_path / 'out'}")
+    p = run_script(name, f"{flag}={missing}", f"--output_dir={tmp_path / 'out'}")
     assert p.returncode == 2
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error:" in p.stderr and str(missing) in p.stderr, p.stderr[-2000:]

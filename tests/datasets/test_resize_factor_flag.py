@@ -2,22 +2,14 @@
 
 import glob
 import os
-import subprocess
-import sys
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from nas_deeplab.data.tfrecord import decode_example
+from test_build_scripts import run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _script(name, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "datasets", name), *args],
-                          capture_output=True, text=True, timeout=300, env=env, check=False)
 
 
 def _tree(root):
@@ -35,7 +27,7 @@ def _tree(root):
 def test_cityscapes_half_resolution(tmp_path):
     _tree(str(tmp_path / "cs"))
     out = tmp_path / "half"
-    p = _script("build_cityscapes_data.py", f"--cityscapes_root={tmp_path / 'cs'}", f"--output_dir={out}",
+    p = run_script("build_cityscapes_data.py", f"--cityscapes_root={tmp_path / 'cs'}", f"--output_dir={out}",
                 "--splits=train", "--num_shards=1", "--resize_factor=0.5")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resized by 0.5" in p.stdout
@@ -49,7 +41,7 @@ def test_cityscapes_half_resolution(tmp_path):
 
 def test_bad_factor_is_one_line(tmp_path, value="1.5"):  # 0, < 0, NaN: tests/data/test_build_resize.py
     _tree(str(tmp_path / "cs"))
-    p = _script("build_cityscapes_data.py", f"--cityscapes_root={tmp_path / 'cs'}",
+    p = run_script("build_cityscapes_data.py", f"--cityscapes_root={tmp_path / 'cs'}",
                 f"--output_dir={tmp_path / 'out'}", f"--resize_factor={value}")
     assert p.returncode == 2
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
