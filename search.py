@@ -85,6 +85,11 @@ flags.DEFINE_enum("supernet", "fused", ["fused", "reference"],
                   "step vs 0.6 s fused, start-up 6.5 min vs 40-50 s, 5.2 vs 2.0 GiB. Paper size (L=12: 45 "
                   "nodes, not 13): about 3.5x that at crop 65 (~7 s a step, ~20 min start-up, ~18 GiB); "
                   "crop 321 not measured, likely beyond 24 GiB.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
+                  "Compute the supernet in 16 bits: activations and convs in bfloat16 (CPUs with AMX-BF16 "
+                  "or AVX512-BF16, A100/H100, TPUs) or float16 (GPUs; dynamic loss scaling; refused on a "
+                  "CPU). Master weights, alpha/beta, softmaxes, BN statistics, losses and optimizers stay "
+                  "float32, so checkpoints are the same and a search may resume in another precision.")
 flags.DEFINE_integer("log_every", 10, "Progress line / TensorBoard scalars every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Also checkpoint every N steps (0: end of each epoch only).")
 flags.DEFINE_integer("stop_after_step", None, "Stop (with a checkpoint) after this global step; rerun "
@@ -106,7 +111,7 @@ def config_from_flags():
     for name in ("num_levels", "output_dir", "dataset", "dataset_dir", "seed", "split_seed", "deterministic", "strategy",
                  "num_cpu_replicas", "weight_lr", "weight_lr_min", "weight_momentum", "weight_decay",
                  "arch_lr", "arch_beta_1", "arch_beta_2", "arch_weight_decay", "recompute", "log_every",
-                 "checkpoint_every", "stop_after_step"):
+                 "checkpoint_every", "stop_after_step", "mixed_precision"):
         kw[name] = getattr(FLAGS, name)
     levels = preset.get("recompute_levels", []) if FLAGS.recompute_levels is None else FLAGS.recompute_levels
     kw["recompute_levels"] = flags_common.parse_int_list(levels, "recompute_levels")

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from nas_deeplab import architecture, io_utils
 from nas_deeplab.search import decidedness, decode, supernet, visualize
-from nas_deeplab.training import distribute, guarded_update, losses, memory, progress
+from nas_deeplab.training import distribute, guarded_update, loss_scale, losses, memory, precision, progress
 
 
 class SearchError(RuntimeError):
@@ -83,6 +83,7 @@ class SearchConfig:
     recompute: bool = False           # recompute nodes in the backward pass (less memory, more time)
     recompute_levels: tuple = ()      # ... or only the nodes of these levels (0: stride 4, the largest)
     supernet: str = "fused"           # or "reference": search/reference.py, edge by edge (slow)
+    mixed_precision: str = "none"     # mixed_bfloat16 / mixed_float16: the supernet computes in 16 bits
     log_every: int = 10
     checkpoint_every: int = 0         # steps; 0: at the end of every epoch only
     stop_after_step: Optional[int] = None  # stop (checkpointed) after this global step: simulates an interruption
@@ -116,6 +117,10 @@ class SearchConfig:
              f"--min_scale_factor={self.min_scale_factor}")
         need(self.scale_factor_step_size >= 0,
              f"--scale_factor_step_size must be >= 0 (0: uniform), got {self.scale_factor_step_size}")
+        need(self.mixed_precision in MIXED_PRECISION,
+             f"--mixed_precision={self.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
+        need(self.mixed_precision == "none" or self.supernet == "fused",
+             "--mixed_precision applies to --supernet=fused only (the reference supernet is float32)")
         need(self.strategy in distribute.STRATEGIES,
              f"--strategy={self.strategy!r}: choose one of {list(distribute.STRATEGIES)}")
         if (self.crop_size - 1) % 32:
@@ -123,7 +128,14 @@ class SearchConfig:
                   "2x (DeepLab uses 32k+1 crops such as 65, 129, 321)", flush=True)
 
 
-# Settings that must not change when a search resumes.
+# --mixed_precision -> the supernet's compute dtype. Everything else stays float32: the master weights,
+# alpha/beta and their softmaxes, the logits and the loss, the BN statistics and both optimizers; so a
+# checkpoint is the same in every precision and a search may resume in another one.
+MIXED_PRECISION = precision.COMPUTE_DTYPE
+# A float16 search skips overflowing steps (dynamic loss scaling); this many in a row stop it.
+MAX_CONSECUTIVE_OVERFLOWS = 50
+
+# Settings that must not change when a search resumes (not the precision: see MIXED_PRECISION).
 # Below these a search returns (close to) its prior: warned about at the start (issue: "say how decided").
 MIN_STEPS_PER_EPOCH = 5
 MIN_ARCH_STEPS = 100
@@ -167,6 +179,7 @@ class Searcher:
             tf.config.experimental.enable_op_determinism()
         # The strategy first: multi-worker collectives must be configured before the runtime starts.
         self.strategy = strategy or distribute.make_strategy(cfg.strategy, cfg.num_cpu_replicas)
+        precision.check_trainable_here(cfg.mixed_precision)
         from nas_deeplab.data import pipeline, synthetic
         self._pipeline = pipeline
         self.desc, self.dataset_dir = synthetic.resolve_dataset(cfg.dataset, cfg.dataset_dir)
@@ -189,7 +202,8 @@ class Searcher:
             net_config = supernet.SupernetConfig(
                 num_classes=self.desc.num_classes, num_layers=cfg.num_layers, num_blocks=cfg.num_blocks,
                 filter_multiplier=cfg.filter_multiplier, num_levels=cfg.num_levels,
-                recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels))
+                recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels),
+                compute_dtype=MIXED_PRECISION[cfg.mixed_precision])
             if cfg.supernet == "reference":  # the same function edge by edge (search/reference.py)
                 from nas_deeplab.search import reference
                 self.net = reference.ReferenceSupernet(net_config, seed=cfg.seed)
@@ -205,6 +219,11 @@ class Searcher:
             self.weight_opt.build(self.net.weight_variables)
             self.arch_opt.build(self.net.arch_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.loss_scales = None
+            if cfg.mixed_precision == "mixed_float16":  # one per step: weights and alpha/beta differ
+                self.loss_scales = {"weights": loss_scale.DynamicLossScale(name="weight_loss_scale"),
+                                    "alpha/beta": loss_scale.DynamicLossScale(name="arch_loss_scale")}
+        self._overflows = 0
         self.timings["build_s"] = time.monotonic() - t0
         self.ckpt = tf.train.Checkpoint(supernet=self.net, weight_optimizer=self.weight_opt,
                                         arch_optimizer=self.arch_opt, step=self.step)
@@ -251,12 +270,17 @@ class Searcher:
                                             num_classes=ncls, dtype=tf.float32)
 
         def make(variables, opt, wd, grads_name):
+            scaler = self.loss_scales[grads_name] if self.loss_scales else None
+
             def replica(batch):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(variables)
                     logits = net(batch["image"])
                     loss = losses.valid_pixel_mean_loss(logits, batch["label"], ignore)
-                grads = tape.gradient(loss, variables)
+                    scaled = scaler.scale_loss(loss) if scaler else loss
+                grads = tape.gradient(scaled, variables)
+                if scaler:
+                    grads = scaler.unscale(grads)
                 # Coupled L2; divided by the replica count because the optimiser SUMs replica grads.
                 grads = [g + (wd / nrep) * v for g, v in zip(grads, variables)]
                 # A non-finite loss or gradient on any replica refuses the step on all of them:
@@ -268,6 +292,8 @@ class Searcher:
             @tf.function
             def step(dist_batch):
                 loss, bad, conf = strategy.run(replica, args=(dist_batch,))
+                if scaler:
+                    scaler.update(tf.equal(tf.reduce_sum(strategy.experimental_local_results(bad)[0]), 0.0))
                 r = strategy.reduce
                 S = tf.distribute.ReduceOp.SUM
                 # bad: per tensor (loss, then each gradient), how many replicas saw a non-finite
@@ -316,8 +342,16 @@ class Searcher:
         the first refused step, like the trainer, naming the step and where it went non-finite."""
         bad = np.asarray(out["bad"])
         if not bad.any():
+            self._overflows = 0
             return
         fn = self.weight_step if which == "weight" else self.arch_step
+        if self.loss_scales and not bad[0] and self._overflows < MAX_CONSECUTIVE_OVERFLOWS:
+            # float16: a finite loss with overflowing scaled gradients is what loss scaling expects
+            # now and then; the step was skipped on every replica and the scale halved.
+            self._overflows += 1
+            scale = float(self.loss_scales[fn.grads_name].scale.numpy())
+            self.log(f"step {step}: {which} step skipped (float16 gradient overflow); loss scale now {scale:g}")
+            return
         first = int(np.flatnonzero(bad)[0])
         where = (f"non-finite loss at step {step} in the {which} step ({float(out['loss'])})" if first == 0
                  else f"non-finite gradients of the {fn.grads_name} at step {step} ({which} step; first "
@@ -439,7 +473,8 @@ class Searcher:
         log(f"search: {self.total_steps} steps ({cfg.epochs} epochs x {spe}), alpha/beta from epoch "
             f"{cfg.arch_start_epoch}, crop {cfg.crop_size}, global batch {cfg.batch_size} on "
             f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
-            f"{self.net.parameter_count():,} supernet weights; build {self.timings['build_s']:.1f} s")
+            f"{self.net.parameter_count():,} supernet weights, computing in "
+            f"{MIXED_PRECISION[cfg.mixed_precision]}; build {self.timings['build_s']:.1f} s")
         self._warn_if_too_short()
         self._record_arch_start(start)
         bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)

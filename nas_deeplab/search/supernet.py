@@ -105,6 +105,7 @@ LARGE_MAP_SIZE = 32
 # gain; whole crop-321 step (bench/ab_search.py): weight 6.66 -> 6.12 s, arch 3.56 -> 3.33 s.
 PER_OUTPUT_BN_MIN_SIZE = 32
 NUM_OPS = len(architecture.OP_VOCABULARY)
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Column indices into softmax(alpha) (the order of architecture.OP_VOCABULARY).
 _SEP3, _SEP5, _ATR3, _ATR5, _AVG, _MAX, _SKIP, _ZERO = range(8)
 
@@ -120,6 +121,7 @@ class SupernetConfig:
     aspp_rate_numerator: int = 96        # 3x3 rate 96/s
     recompute: bool = False              # recompute each node in the backward pass (memory)
     recompute_levels: tuple = ()         # ... or only the nodes of these levels (0 = stride 4 holds most)
+    compute_dtype: str = "float32"       # or bfloat16 / float16: activations and convs (see "Precision")
 
     def __post_init__(self):
         for name in ("num_classes", "num_layers", "num_blocks", "filter_multiplier"):
@@ -130,6 +132,8 @@ class SupernetConfig:
         bad = [v for v in self.recompute_levels if not 0 <= int(v) < self.num_levels]
         if bad:
             raise ValueError(f"recompute_levels {bad} outside 0..{self.num_levels - 1}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
 
     def recomputes(self, level: int) -> bool:
         return self.recompute or level in self.recompute_levels
@@ -161,12 +165,13 @@ def spatial_sizes(height, width, num_levels):
 
 def _fbn(x, scale=None):
     """Non-affine BN with batch statistics, one fused op (per channel = per direction, see module);
-    `scale` (optional) multiplies the normalised output per channel."""
+    `scale` (optional, float32) multiplies the normalised output per channel. For 16-bit x the kernel
+    takes float32 scale/offset and computes the statistics in float32."""
     c = x.shape[-1]
     if scale is None:
-        scale = tf.ones([c], x.dtype)
+        scale = tf.ones([c], tf.float32)
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        x, scale, tf.zeros([c], x.dtype), epsilon=BN_EPSILON, is_training=True)
+        x, tf.cast(scale, tf.float32), tf.zeros([c], tf.float32), epsilon=BN_EPSILON, is_training=True)
     return y
 
 
@@ -197,6 +202,7 @@ def _weighted_sum(maps, weights, G, C):
     forward and backward, one thread: 3x faster at C=8, 1.8x at C=16, equal at 32, slower at 64."""
     k, n = int(weights.shape[0]), int(weights.shape[1])
     h, w = int(maps[0].shape[1]), int(maps[0].shape[2])
+    weights = tf.cast(weights, maps[0].dtype)
     if C >= 32 or h < LARGE_MAP_SIZE:
         stacked = tf.stack([tf.reshape(m, [-1, h, w, G, 1, C]) for m in maps], axis=4)  # [N,h,w,G,k,1,C]
         return tf.reduce_sum(stacked * tf.reshape(weights, [k, n, 1]), axis=4)
@@ -240,7 +246,12 @@ def _conv(x, k, stride=1, rate=1, padding="SAME"):
 def _resize_to(x, size):
     if tuple(x.shape[1:3]) == tuple(size):
         return x
-    return resize.resize_bilinear(x, size)
+    return _resize(x, size)
+
+
+def _resize(x, size):
+    """align_corners bilinear resize in x's dtype (TF's kernel always returns float32)."""
+    return tf.cast(resize.resize_bilinear(x, size), x.dtype)
 
 
 class Supernet(tf.Module):
@@ -347,13 +358,20 @@ class Supernet(tf.Module):
         V = self.vars
         H, W = int(images.shape[1]), int(images.shape[2])
         os2_size, sizes = spatial_sizes(H, W, cfg.num_levels)
-        x = images * (2.0 / 255.0) - 1.0  # official nas preprocessing
+        cdt = tf.as_dtype(cfg.compute_dtype)
+
+        def weight(key):  # float32 master weight, read in the compute dtype (no-op for float32)
+            return tf.cast(V[key], cdt)
+
+        x = tf.cast(tf.cast(images, tf.float32) * (2.0 / 255.0) - 1.0, cdt)  # official nas preprocessing
         # Stem (official _nas_stem; BNs non-affine).
-        x = tf.nn.relu(_fbn(_conv(resize.fixed_padding(x, 3), V["stem/conv0"], 2, padding="VALID")))
-        os2 = _fbn(_conv(x, V["stem/conv1"]))
-        os4 = _fbn(_conv(resize.fixed_padding(tf.nn.relu(os2), 3), V["stem/conv2"], 2,
+        x = tf.nn.relu(_fbn(_conv(resize.fixed_padding(x, 3), weight("stem/conv0"), 2, padding="VALID")))
+        os2 = _fbn(_conv(x, weight("stem/conv1")))
+        os4 = _fbn(_conv(resize.fixed_padding(tf.nn.relu(os2), 3), weight("stem/conv2"), 2,
                          padding="VALID"))
         states = {(-2, 0): os2, (-1, 0): os4}
+        # softmax(alpha), softmax(beta) stay float32: alpha weights scale the (float32-parameter) BNs,
+        # and are cast only where they multiply 16-bit maps (pools, direction sum).
         alpha_sm = tf.gather(self.alpha_probs(), self.perm)  # state-major rows, see state_weights
         beta_p = self.beta_probs()
         for (l, v) in self.nodes:
@@ -362,7 +380,7 @@ class Supernet(tf.Module):
             second = states[self._second_source(l, v)]
             betas = tf.stack([beta_p[l, src, k] for src, k in inc])
             p = f"l{l}_v{v}"
-            kernels = [tf.convert_to_tensor(V[f"{p}/{name}"]) for name in self._node_kernel_names(inc)]
+            kernels = [weight(f"{p}/{name}") for name in self._node_kernel_names(inc)]
             ks = tuple(k for _, k in inc)
             if inline_nodes:
                 fn = self._make_node_fn(v, ks, sizes[v])
@@ -370,10 +388,10 @@ class Supernet(tf.Module):
                 fn = self._node_function(v, ks, sizes[v], tuple(second.shape[1:]),
                                          tuple(tuple(x.shape[1:]) for x in inputs))
             states[(l, v)] = fn(second, betas, alpha_sm, *kernels, *inputs)
-        logits = 0.0
+        logits = 0.0   # float32: the loss, the softmax and the mIoU see full-precision logits
         for v in trellis.levels_of(cfg.num_layers - 1, cfg.num_levels):
             y = self._aspp(states[(cfg.num_layers - 1, v)], v)
-            logits = logits + resize.resize_bilinear(y, (H, W))
+            logits = logits + tf.cast(resize.resize_bilinear(y, (H, W)), tf.float32)
         if return_states:
             return logits, states
         return logits
@@ -477,7 +495,7 @@ class Supernet(tf.Module):
                     for m, t in enumerate(tf.unstack(later, axis=4)):
                         pending[i + 1 + m] = pending[i + 1 + m] + t
             cells = tf.stack(blocks, axis=4)  # [N,h,w,D,B,C]
-            out = tf.reduce_sum(cells * tf.reshape(betas, [D, 1, 1]), axis=3)
+            out = tf.reduce_sum(cells * tf.cast(tf.reshape(betas, [D, 1, 1]), cells.dtype), axis=3)
             return tf.reshape(out, [-1, size[0], size[1], B * C])
 
         return node
@@ -506,7 +524,7 @@ class Supernet(tf.Module):
         ho, wo = int(y.shape[1]), int(y.shape[2])
         # -- atrous: one conv per kernel size for all consumers (grouped over directions) --------
         if stride == 2:
-            rs = resize.resize_bilinear(r, (ho, wo))
+            rs = _resize(r, (ho, wo))
             a3 = _conv(rs, _grouped(k["atr3"], [3, 3, C, n * C], G))
             a5 = _conv(rs, _grouped(k["atr5"], [5, 5, C, n * C], G))
         else:
@@ -545,13 +563,13 @@ class Supernet(tf.Module):
         return out + _weighted_sum(pools, w["pool"][:len(pools)], G, C)
 
     def _aspp(self, x, v):
-        V = {k.split("/", 1)[1]: t for k, t in self.vars.items() if k.startswith(f"aspp_v{v}/")}
+        V = {k.split("/", 1)[1]: tf.cast(t, x.dtype) for k, t in self.vars.items() if k.startswith(f"aspp_v{v}/")}
         s = 2 ** (v + 2)
         x = tf.nn.relu(x)
         h, w = int(x.shape[1]), int(x.shape[2])
         b1 = tf.nn.relu(_fbn(_conv(x, V["conv1x1"])))
         b2 = tf.nn.relu(_fbn(_conv(x, V["conv3x3"], rate=self.config.aspp_rate_numerator // s)))
-        pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        pooled = tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2], keepdims=True), x.dtype)
         b3 = tf.nn.relu(_conv(pooled, V["pool"]) + V["pool_bias"])
         b3 = tf.broadcast_to(b3, [tf.shape(x)[0], h, w, b3.shape[-1]])
         y = tf.concat([b1, b2, b3], axis=-1)
