@@ -31,6 +31,7 @@ def define_flags(f=FLAGS) -> None:
     flags_common.define_model_flags(f)
     flags_common.define_dataset_flags(f)
     flags_common.define_thread_flags(f)
+    flags_common.define_precision_flag(f)
     flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix or a training folder (newest checkpoint).",
                         flag_values=f)
     flags.DEFINE_string("eval_split", None, "Split to evaluate (default: the data set's eval split).",
@@ -77,7 +78,8 @@ def eval_config_from_flags(f=FLAGS):
         output_dir=f.output_dir or f.eval_logdir, vis=f.vis, max_images=f.max_images,
         eval_interval_secs=f.eval_interval_secs, max_number_of_evaluations=f.max_number_of_evaluations,
         eval_timeout_secs=f.eval_timeout_secs, precise_bn_batches=f.precise_bn_batches,
-        precise_bn_batch_size=f.precise_bn_batch_size, **flags_common.resize_options_from_flags(f))
+        precise_bn_batch_size=f.precise_bn_batch_size, mixed_precision=f.mixed_precision,
+        **flags_common.resize_options_from_flags(f))
 
 
 def main(argv):

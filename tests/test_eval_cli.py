@@ -95,3 +95,24 @@ def test_eval_takes_the_runs_data_set_and_refuses_one_with_other_classes(tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "--dataset=synthetic has 6 classes" in err and "trained with 2" in err, err
+
+
+def test_eval_in_bfloat16_and_float16_records_the_precision_beside_float32(tmp_path):
+    """--mixed_precision builds the eval network under that Keras policy (float32 variables, so the
+    same checkpoint restores); each precision keeps its own results file."""
+    model_flags, train_flags = tiny_run_flags(tmp_path)
+    data, run = str(tmp_path / "data"), str(tmp_path / "run")
+    rc, out = run_train(model_flags + train_flags + [f"--train_logdir={run}", "--noeval_after_training"])
+    assert rc == 0, out
+    results = {}
+    for mp in ("none", "mixed_bfloat16", "mixed_float16"):   # float16 forward passes run on CPU kernels
+        rc, out = run_eval([f"--checkpoint_path={run}", f"--dataset_dir={data}", f"--output_dir={tmp_path / 'ev'}",
+                            f"--mixed_precision={mp}"])
+        assert rc == 0, out
+        results[mp] = json.load(open(tmp_path / "ev" / "results.json"))
+    assert [results[m]["precision"] for m in results] == ["float32", "bfloat16", "float16"]
+    names = sorted(f for f in os.listdir(tmp_path / "ev") if f.startswith("results_step"))
+    assert names == ["results_step2_scales1.json", "results_step2_scales1_bfloat16.json",
+                     "results_step2_scales1_float16.json"]
+    # Same images, same valid pixels; the predictions differ at most by 16-bit rounding.
+    assert len({results[m]["num_valid_pixels"] for m in results}) == 1

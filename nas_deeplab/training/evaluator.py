@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from nas_deeplab.io_utils import atomic_write_text, check_writable_dir
 from nas_deeplab.model import inference
-from nas_deeplab.training import checkpointing, metrics
+from nas_deeplab.training import checkpointing, metrics, precision
 from nas_deeplab.training.model_config import ModelConfig
 
 PAD_STRIDE = 32
@@ -51,8 +51,10 @@ class EvalConfig:
     eval_timeout_secs: int = 3600           # continuous: stop when no new checkpoint for this long
     precise_bn_batches: int = 0             # >0: recompute BN statistics first (training/precise_bn.py)
     precise_bn_batch_size: int = 2          # images per precise-BN batch (>= 2: image pooling)
+    mixed_precision: str = "none"           # mixed_bfloat16 / mixed_float16: the network computes in 16 bits
 
     def validate(self) -> None:
+        precision.validate(self.mixed_precision)
         if not self.eval_scales or any(s <= 0 for s in self.eval_scales):
             raise ValueError(f"--eval_scales must be positive numbers, got {list(self.eval_scales)}")
         if self.eval_crop_size is not None and (len(self.eval_crop_size) != 2 or min(self.eval_crop_size) < 17):
@@ -207,7 +209,8 @@ def _evaluate_once(cfg: EvalConfig, prefix: str, stream) -> dict:
     split = cfg.eval_split or descriptor.default_eval_split
     out_dir = os.path.abspath(cfg.output_dir or os.path.join(os.path.dirname(prefix), "eval"))
     check_writable_dir(out_dir, "--output_dir")
-    model = _load_model(cfg, descriptor.num_classes, prefix)
+    with precision.policy(cfg.mixed_precision):   # layers keep the policy they were built under
+        model = _load_model(cfg, descriptor.num_classes, prefix)
     if cfg.precise_bn_batches:
         from nas_deeplab.training import precise_bn
         prefix = precise_bn.update_run_checkpoint(
@@ -242,15 +245,18 @@ def _evaluate_once(cfg: EvalConfig, prefix: str, stream) -> dict:
     results.update({"checkpoint": prefix, "global_step": step, "dataset": descriptor.name, "split": split,
                     "num_images": n, "eval_scales": list(cfg.eval_scales),
                     "add_flipped_images": cfg.add_flipped_images, "seconds": round(time.monotonic() - t0, 2),
-                    "precise_bn": precise_info})
+                    "precise_bn": precise_info,
+                    "precision": precision.COMPUTE_DTYPE[cfg.mixed_precision]})
     # results.json is the latest evaluation; each (step, scales, flip) also keeps a file of its own, so
     # train.py's closing single-scale evaluation and a later multi-scale eval.py both stay on disk.
-    name = results_file_name(step, cfg.eval_scales, cfg.add_flipped_images, precise_info is not None)
+    name = results_file_name(step, cfg.eval_scales, cfg.add_flipped_images, precise_info is not None,
+                             cfg.mixed_precision)
     for fname in (name, "results.json"):
         atomic_write_text(os.path.join(out_dir, fname), json.dumps(results, indent=2) + "\n")
     _summaries(out_dir, results, step)
     print(f"eval {descriptor.name}/{split} ({n} images, scales {list(cfg.eval_scales)}"
-          f"{', flipped' if cfg.add_flipped_images else ''}) checkpoint {os.path.basename(prefix)}: "
+          f"{', flipped' if cfg.add_flipped_images else ''}"
+          f"{'' if cfg.mixed_precision == 'none' else ', ' + cfg.mixed_precision}) checkpoint {os.path.basename(prefix)}: "
           f"miou {results['miou']:.4f} pixel_accuracy {results['pixel_accuracy']:.4f}", file=stream, flush=True)
     for cname, iou in results["per_class_iou"].items():
         print(f"  {cname:>20s}: {'absent' if iou is None else f'{iou:.4f}'}", file=stream)
@@ -263,11 +269,13 @@ def _evaluate_once(cfg: EvalConfig, prefix: str, stream) -> dict:
     return results
 
 
-def results_file_name(step: int | None, scales, add_flipped_images: bool, precise_bn: bool = False) -> str:
-    """results_step<N>_scales<s1-s2..>[_flip][_precise_bn].json: one file per evaluation setting of a
-    checkpoint (`precise_bn`: its precise-BN copy, see training/precise_bn.py)."""
+def results_file_name(step: int | None, scales, add_flipped_images: bool, precise_bn: bool = False,
+                      mixed_precision: str = "none") -> str:
+    """results_step<N>_scales<s1-s2..>[_flip][_precise_bn][_bfloat16|_float16].json: one file per
+    evaluation setting of a checkpoint (`precise_bn`: its precise-BN copy, see training/precise_bn.py)."""
     tag = "scales" + "-".join(f"{float(s):g}" for s in scales) + ("_flip" if add_flipped_images else "")
     tag += "_precise_bn" if precise_bn else ""
+    tag += "" if mixed_precision == "none" else f"_{precision.COMPUTE_DTYPE[mixed_precision]}"
     return f"results{'' if step is None else f'_step{step}'}_{tag}.json"
 
 

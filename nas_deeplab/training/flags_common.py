@@ -79,17 +79,25 @@ def define_dataset_flags(flag_values=flags.FLAGS) -> None:
 
 
 @_once("mixed_precision")
+def define_precision_flag(flag_values=flags.FLAGS) -> None:
+    """--mixed_precision (train.py, eval.py; search.py has its own help)."""
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
+                      "Keras mixed precision policy: float32 variables, 16-bit compute (bfloat16: CPUs with "
+                      "AMX-BF16/AVX512-BF16, A100/H100, TPUs; float16: GPUs, dynamic loss scaling when "
+                      "training).", flag_values=flag_values)
+
+
+@_once("strategy")
 def define_runtime_flags(flag_values=flags.FLAGS) -> None:
-    """--strategy, --deterministic, --seed, --mixed_precision (train/search)."""
+    """--strategy, --deterministic, --seed, --mixed_precision (train.py)."""
     f = flag_values
+    define_precision_flag(f)
     flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "multi_worker"],
                       "tf.distribute strategy; multi_worker reads TF_CONFIG.", flag_values=f)
     flags.DEFINE_boolean("deterministic", False, "Op determinism + fixed seeds: repeated runs (and resumed "
                          "runs) give bit-identical results.", flag_values=f)
     flags.DEFINE_integer("seed", None, "Seed for data order, augmentation, initialisation and drop path "
                          "(default: 0 with --deterministic, else random).", flag_values=f)
-    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
-                      "Keras mixed precision policy (float16 uses dynamic loss scaling).", flag_values=f)
 
 
 @_once("cpu_threads")

@@ -33,14 +33,14 @@ except ImportError:  # pragma: no cover
     pass
 
 from nas_deeplab.io_utils import atomic_write_text, check_writable_dir
-from nas_deeplab.training import checkpointing, distribute, guarded_update, metrics
+from nas_deeplab.training import checkpointing, distribute, guarded_update, metrics, precision
 from nas_deeplab.training.distribute import is_chief, make_strategy
 from nas_deeplab.training.losses import valid_pixel_mean_loss
 from nas_deeplab.training.model_config import ModelConfig
 from nas_deeplab.training.progress import ProgressLine
 from nas_deeplab.training.schedules import PolyLearningRate
 
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION = precision.MIXED_PRECISION
 
 
 class NonFiniteError(RuntimeError):
@@ -167,12 +167,6 @@ class TrainResult:
     resumed_from: str | None
 
 
-def _set_precision_policy(name: str) -> str:
-    previous = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy("float32" if name == "none" else name)
-    return previous
-
-
 def seed_everything(seed: int, deterministic: bool) -> bool:
     """Seed Python/NumPy/TF/Keras; with `deterministic` also turn on op determinism. Returns whether
     op determinism was on before (so a library caller's process can be put back)."""
@@ -222,10 +216,7 @@ def _train_in_strategy(cfg, strategy, seed, dataset_fn, stream):
     if cfg.train_batch_size % replicas:
         raise ValueError(f"--train_batch_size={cfg.train_batch_size} must be a multiple of the "
                          f"{replicas} replicas in sync")
-    if cfg.mixed_precision == "mixed_float16" and not tf.config.list_logical_devices("GPU"):
-        # TF 2.21's CPU kernels have no float16 conv backprop with dilation (every atrous op and ASPP).
-        raise ValueError("--mixed_precision=mixed_float16 needs a GPU (TF's CPU kernels cannot "
-                         "differentiate float16 dilated convs); on CPU use mixed_bfloat16 or none")
+    precision.check_trainable_here(cfg.mixed_precision)
     chief = is_chief(strategy)
     num_workers, worker_idx = distribute.worker_info(strategy)
     logdir = os.path.abspath(cfg.train_logdir)
@@ -241,12 +232,9 @@ def _train_in_strategy(cfg, strategy, seed, dataset_fn, stream):
     num_classes, ignore = descriptor.num_classes, descriptor.ignore_label
     split = cfg.train_split or descriptor.default_train_split
 
-    previous_policy = _set_precision_policy(cfg.mixed_precision)
-    try:
+    with precision.policy(cfg.mixed_precision):
         return _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, seed, chief,
                       num_workers, worker_idx, logdir, dataset_fn, stream)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
 
 
 def _train(cfg, strategy, descriptor, dataset_dir, split, num_classes, ignore, seed, chief, num_workers,

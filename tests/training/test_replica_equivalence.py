@@ -70,3 +70,28 @@ def test_one_and_two_replicas_train_to_the_same_weights(tmp_path, tiny_model_con
         np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * np.abs(a).max() + 1e-9, err_msg=key)
         moved += "optimizer" in key and np.abs(a).max() > 0
     assert moved > 20  # the momentum slots are compared too, and are non-zero
+
+
+def test_bfloat16_training_on_two_replicas_follows_float32(tmp_path, tiny_model_config, monkeypatch):
+    """mixed_bfloat16 under MirroredStrategy (sync BN in float32 on 16-bit activations): float32
+    variables in the checkpoint, the same losses as a float32 run to bfloat16 rounding, and the same
+    weight updates in direction."""
+    monkeypatch.setattr(heads.Dropout, "call", lambda self, x, training=None: x)
+    runs = {}
+    for mp in ("none", "mixed_bfloat16"):
+        cfg = tiny_train_config(tmp_path / mp, tiny_model_config, None, strategy="mirrored",
+                                training_number_of_steps=STEPS, save_interval_steps=STEPS,
+                                base_learning_rate=0.05, mixed_precision=mp)
+        result = train(cfg, dataset_fn=_distinct_batches)
+        runs[mp] = (_tensors(result.checkpoint), [loss for _, loss in result.losses])
+    (f32, loss32), (b16, loss16) = runs["none"], runs["mixed_bfloat16"]
+    assert {v.dtype for v in b16.values() if v.dtype.kind == "f"} == {np.dtype(np.float32)}
+    np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+    # The momentum slots hold the accumulated gradients: the same directions to bfloat16 rounding.
+    cosines = []
+    for key in sorted(f32):
+        a, b = f32[key].ravel().astype(np.float64), b16[key].ravel().astype(np.float64)
+        if "optimizer" in key and f32[key].dtype.kind == "f" and np.linalg.norm(a) > 0:
+            cosines.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert len(cosines) > 20 and np.median(cosines) > 0.95, sorted(cosines)[:5]
+    assert min(cosines) < 1.0 - 1e-9   # bfloat16 really computed something else than float32
