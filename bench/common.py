@@ -91,7 +91,7 @@ def write_json(path: str, records: list[dict], meta: dict) -> None:
 
 
 def print_table(records: list[dict]) -> None:
-    cols = ["name", "crop", "size", "median_s", "peak_rss_mib", "gflops", "gflop_per_s", "note"]
+    cols = ["name", "crop", "size", "precision", "median_s", "peak_rss_mib", "gflops", "gflop_per_s", "note"]
     rows = [[str(r.get(c, "")) for c in cols] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))

@@ -1,7 +1,7 @@
 """Benchmarks: search steps, training step, exported inference, input pipeline, TFLite.
 
-    python bench/run.py [--only=search,train,inference,input,tflite] [--crops=65,129,321] [--json=PATH]
-        [--merge] [--tflite_size=513]
+    python bench/run.py [--only=search,search_precision,train,inference,input,tflite] [--crops=65,129,321]
+        [--precisions=none,mixed_bfloat16] [--json=PATH] [--merge] [--tflite_size=513]
 
 Prints a table and writes JSON records ({"name", "crop" or "size", "median_s", "peak_rss_mib",
 "gflops", "gflop_per_s", ...}) plus the machine (CPU model, cores, GPU, TF version).
@@ -12,12 +12,17 @@ step that also back-propagates to the weights (backward ~ 2x forward) and times 
 architecture step (backward to the activations and alpha/beta only). The supernet is counted on a
 trace with its nodes inlined (the profiler does not look inside called functions). Peak RSS is the process
 maximum so far, so each section runs in its own process (`--only` is re-invoked per section).
+
+Precision: every record carries "precision" (the --mixed_precision / --precision it ran in). Speed-ups
+of 16-bit compute are ratios measured inside one process with alternating rounds (search_precision,
+train, inference); the search's peak memory per precision comes from its own process (search).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("only", ["search", "train", "inference", "input", "tflite"], "Sections to run.")
+flags.DEFINE_list("only", ["search", "search_precision", "train", "inference", "input", "tflite"],
+                  "Sections to run.")
+flags.DEFINE_list("precisions", ["none", "mixed_bfloat16"], "Mixed-precision policies of the search and "
+                  "training sections (none = float32); the first is the baseline of the ratios.")
+flags.DEFINE_list("precision_crops", ["321"], "Search crops of the one-process precision A/B "
+                  "(search_precision).")
 flags.DEFINE_list("crops", ["65", "129", "321"], "Search crops.")
 flags.DEFINE_list("recompute_crops", ["321"], "Search crops measured again with --recompute_levels=0,1 "
                   "(the memory-bounded setting).")
@@ -46,11 +56,12 @@ flags.DEFINE_integer("tflite_size", 513, "Square input size of the TFLite sectio
 flags.DEFINE_integer("tflite_representative", 8, "Calibration images of the int8 TFLite model.")
 flags.DEFINE_enum("threads", "auto", ["auto", "op_parallel", "default"],
                   "CPU thread policy (nas_deeplab.training.threads); auto: what each program uses.")
-SECTIONS = ("search", "train", "inference", "input", "tflite")
+SECTIONS = ("search", "search_precision", "train", "inference", "input", "tflite")
 _SECTION_OF_NAME = {"search_startup": "search", "search_weight_step": "search", "search_arch_step": "search",
                     "train_step": "train", "inference": "inference", "inference_tf1_graph": "inference",
                     "conv_peak": "inference", "input_pipeline": "input", "tflite": "tflite",
-                    "tflite_tf_graph": "tflite"}
+                    "tflite_tf_graph": "tflite", "search_weight_step_precision": "search_precision",
+                    "search_arch_step_precision": "search_precision"}
 
 
 def section_of(record: dict) -> str:
@@ -73,18 +84,24 @@ def _forward_flops(fn, spec):
     return common.graph_flops(tf.function(fn).get_concrete_function(spec))
 
 
-def bench_search(crop: int, repeats: int, recompute_levels=()) -> list[dict]:
+def _searcher(out: str, crop: int, recompute_levels=(), mixed_precision: str = "none"):
+    """The paper-size supernet (L=12, B=5, F=8, batch 2) on one device, as the benchmarks drive it."""
+    from nas_deeplab.search import searcher  # noqa: PLC0415
+    cfg = searcher.SearchConfig(output_dir=out, crop_size=crop, batch_size=2, num_layers=12,
+                                num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
+                                arch_start_epoch=0, strategy="one_device", val_steps=0,
+                                recompute_levels=tuple(recompute_levels), mixed_precision=mixed_precision)
+    return searcher.Searcher(cfg, log=lambda *a, **k: None)
+
+
+def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: str = "none") -> list[dict]:
+    """Start-up, weight and arch step of one search in this process (its peak RSS is this precision's)."""
     import tensorflow as tf  # noqa: PLC0415
 
     from bench import common  # noqa: PLC0415
-    from nas_deeplab.search import searcher  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as out:
-        cfg = searcher.SearchConfig(output_dir=out, crop_size=crop, batch_size=2, num_layers=12,
-                                    num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
-                                    arch_start_epoch=0, strategy="one_device", val_steps=0,
-                                    recompute_levels=tuple(recompute_levels))
         t0 = time.monotonic()
-        s = searcher.Searcher(cfg, log=lambda *a, **k: None)
+        s = _searcher(out, crop, recompute_levels, mixed_precision)
         build_s = time.monotonic() - t0
         it_a = s._dataset("trainA", 0)  # noqa: SLF001 - the benchmark drives the compiled steps directly
         it_b = s._dataset("trainB", 0)  # noqa: SLF001
@@ -104,9 +121,11 @@ def bench_search(crop: int, repeats: int, recompute_levels=()) -> list[dict]:
                              tf.TensorSpec([2, crop, crop, 3], tf.float32))
         params = int(s.net.parameter_count("weights"))
     base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params,
-            "recompute_levels": list(recompute_levels)}
-    if recompute_levels:
-        base["note"] = "recompute levels " + ",".join(map(str, recompute_levels))
+            "recompute_levels": list(recompute_levels), "precision": _precision_name(mixed_precision)}
+    notes = ([f"recompute levels {','.join(map(str, recompute_levels))}"] if recompute_levels else []) + \
+        ([_precision_name(mixed_precision)] if mixed_precision != "none" else [])
+    if notes:
+        base["note"] = ", ".join(notes)
     return [
         common.record("search_startup", [build_s + first_w], None, build_s=round(build_s, 2),
                       trace_and_first_weight_step_s=round(first_w, 2),
@@ -117,35 +136,81 @@ def bench_search(crop: int, repeats: int, recompute_levels=()) -> list[dict]:
     ]
 
 
-def bench_train(crop: int, repeats: int) -> list[dict]:
+def _precision_name(mixed_precision: str) -> str:
+    from nas_deeplab.training import precision  # noqa: PLC0415
+    return precision.COMPUTE_DTYPE[mixed_precision]
+
+
+def bench_search_precision(crop: int, repeats: int, precisions) -> list[dict]:
+    """The search's weight and arch steps in each precision, built in ONE process and timed in
+    alternating rounds (the speed ratio; memory is the search section's, one process per precision)."""
+    from bench import common  # noqa: PLC0415
+    calls, outs = {}, []
+    for mp in precisions:
+        out = tempfile.mkdtemp(prefix="bench_search_precision_")
+        outs.append(out)
+        s = _searcher(out, crop, (), mp)
+        it_a, it_b = s._dataset("trainA", 0), s._dataset("trainB", 0)  # noqa: SLF001
+        calls[f"{mp}/weight"] = (lambda s, it: lambda: s.weight_step(next(it))["loss"].numpy())(s, it_a)
+        calls[f"{mp}/arch"] = (lambda s, it: lambda: s.arch_step(next(it))["loss"].numpy())(s, it_b)
+    times = common.time_interleaved(calls, 1, repeats)
+    records = []
+    for kind in ("weight", "arch"):
+        base = statistics.median(times[f"{precisions[0]}/{kind}"])
+        for mp in precisions:
+            t = times[f"{mp}/{kind}"]
+            records.append(common.record(
+                f"search_{kind}_step_precision", t, None, crop=crop, batch=2, L=12, B=5, F=8,
+                precision=_precision_name(mp), speedup_vs_first=round(base / statistics.median(t), 3),
+                note=f"{_precision_name(mp)}, one process, alternating rounds; x{base / statistics.median(t):.2f} "
+                     f"vs {_precision_name(precisions[0])}"))
+    return records
+
+
+def bench_train(crop: int, repeats: int, precisions=("none",)) -> list[dict]:
+    """Auto-DeepLab-S training step (SGD, regular heads) in each precision, built in one process and
+    timed in alternating rounds."""
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     from bench import common  # noqa: PLC0415
     from nas_deeplab import architecture  # noqa: PLC0415
     from nas_deeplab.model import deeplab  # noqa: PLC0415
-    from nas_deeplab.training import losses  # noqa: PLC0415
+    from nas_deeplab.training import losses, precision  # noqa: PLC0415
     opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
                                 decoder_use_separable_conv=False)
-    model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
-    opt = keras.optimizers.SGD(0.01, momentum=0.9)
-    opt.build(model.trainable_variables)
     images = tf.random.uniform([2, crop, crop, 3], 0, 255)
     labels = tf.random.uniform([2, crop, crop, 1], 0, 19, dtype=tf.int32)
+    calls, fwd = {}, None
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = losses.valid_pixel_mean_loss(logits, labels, 255) + tf.add_n(model.losses)
-        grads = tape.gradient(loss, model.trainable_variables)
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+    def make_step(model, opt):
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = losses.valid_pixel_mean_loss(logits, labels, 255) + tf.add_n(model.losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        return lambda: step().numpy()
 
-    fwd = _forward_flops(lambda x: model(x, training=False), tf.TensorSpec([2, crop, crop, 3], tf.float32))
-    times = common.time_calls(lambda: step().numpy(), 1, repeats)
-    return [common.record("train_step", times, fwd and 3 * fwd, crop=crop, batch=2,
-                          model="auto_deeplab_s regular heads, 19 classes")]
+    for mp in precisions:
+        with precision.policy(mp):
+            model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+        opt = keras.optimizers.SGD(0.01, momentum=0.9)
+        opt.build(model.trainable_variables)
+        if fwd is None:
+            fwd = _forward_flops(lambda x: model(x, training=False),
+                                 tf.TensorSpec([2, crop, crop, 3], tf.float32))
+        calls[mp] = make_step(model, opt)
+    times = common.time_interleaved(calls, 1, repeats)
+    base = statistics.median(times[precisions[0]])
+    return [common.record("train_step", times[mp], fwd and 3 * fwd, crop=crop, batch=2,
+                          model="auto_deeplab_s regular heads, 19 classes", precision=_precision_name(mp),
+                          speedup_vs_first=round(base / statistics.median(times[mp]), 3),
+                          note=f"{_precision_name(mp)}, x{base / statistics.median(times[mp]):.2f} vs "
+                               f"{_precision_name(precisions[0])} (same rounds)")
+            for mp in precisions]
 
 
 def bench_inference(repeats: int) -> list[dict]:
@@ -320,10 +385,13 @@ def bench_tflite(size: int, repeats: int, num_representative: int) -> list[dict]
 
 def _child(section: str, arg: str, repeats: int) -> list[dict]:
     if section == "search":
-        crop, _, levels = arg.partition("@")  # "321" or "321@0,1"
-        return bench_search(int(crop), repeats, [int(v) for v in levels.split(",") if v])
+        arg, _, mp = arg.partition("#")        # "321", "321@0,1", "321#mixed_bfloat16"
+        crop, _, levels = arg.partition("@")
+        return bench_search(int(crop), repeats, [int(v) for v in levels.split(",") if v], mp or "none")
+    if section == "search_precision":
+        return bench_search_precision(int(arg), repeats, FLAGS.precisions)
     if section == "train":
-        return bench_train(int(arg), repeats)
+        return bench_train(int(arg), repeats, FLAGS.precisions)
     if section == "inference":
         return bench_inference(repeats)
     if section == "tflite":
@@ -337,7 +405,7 @@ def main(argv):
     if FLAGS.child:
         from nas_deeplab.training import threads  # noqa: PLC0415
         # What the CLIs do: search.py prefers op-parallel pools on CPU, train/eval/export the defaults.
-        prefer = "op_parallel" if FLAGS.only[0] == "search" else "default"
+        prefer = "op_parallel" if FLAGS.only[0].startswith("search") else "default"
         described = threads.configure(FLAGS.threads, prefer=prefer)
         records = _child(FLAGS.only[0], FLAGS.child_crop, FLAGS.repeats)
         for rec in records:
@@ -360,6 +428,11 @@ def main(argv):
         if section == "search":
             jobs += [(section, c) for c in FLAGS.crops]
             jobs += [(section, f"{c}@0,1") for c in FLAGS.recompute_crops]
+            # 16-bit searches at the large crops, each in its own process (peak memory per precision).
+            jobs += [(section, f"{c}{levels}#{mp}") for mp in FLAGS.precisions if mp != "none"
+                     for c in FLAGS.precision_crops for levels in ("", "@0,1")]
+        elif section == "search_precision":
+            jobs += [(section, c) for c in FLAGS.precision_crops]
         elif section == "train":
             jobs += [(section, c) for c in FLAGS.train_crops]
         elif section == "tflite":
@@ -371,6 +444,7 @@ def main(argv):
         # One process per measurement: peak RSS is per process, and one size never warms another.
         cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--only={section}",
                f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}",
+               f"--precisions={','.join(FLAGS.precisions)}",
                f"--tflite_representative={FLAGS.tflite_representative}"]
         print(f"running {section} {arg}".rstrip(), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -384,9 +458,10 @@ def main(argv):
     meta = common.machine()
     described = f"{meta['cpu']}, {meta['cores']} cores, GPU: {meta['gpu']}, TF {meta['tf']}"
     today = datetime.date.today().isoformat()
-    for rec in records:  # every figure names its machine and day, also when copied elsewhere
+    for rec in records:  # every figure names its machine, day and precision, also when copied elsewhere
         rec["machine"] = described
         rec["date"] = today
+        rec.setdefault("precision", "float32")
     print(f"machine: {described}")
     common.print_table(records)
     if FLAGS.merge:
