@@ -95,3 +95,28 @@ def test_repeat_channels_and_its_gradient_equal_tf_tile():
     np.testing.assert_array_equal(got.numpy(), ref.numpy())
     np.testing.assert_allclose(tape.gradient(got, x, output_gradients=g).numpy(),
                                tape.gradient(ref, x, output_gradients=g).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups,repeats,stride", [(1, 1, 1), (2, 3, 1), (1, 2, 2)])
+def test_bfloat16_values_and_gradients_follow_the_float32_ones(groups, repeats, stride):
+    """The 16-bit search runs this op in bfloat16: outputs and both gradients in bfloat16, equal to
+    the float32 ones to bfloat16 rounding (8 mantissa bits, sums of 25-150 products)."""
+    rng = np.random.default_rng(3)
+    x32 = tf.constant(rng.standard_normal((2, 11, 11, 2 * groups)), tf.float32)
+    k32 = tf.constant(rng.standard_normal((5, 5, 2 * groups * repeats, 1)), tf.float32)
+    out, dy32 = {}, None
+    for dtype in (tf.float32, tf.bfloat16):
+        x, k = tf.cast(x32, dtype), tf.cast(k32, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = depthwise.depthwise_conv2d(x, k, stride, "SAME", groups, repeats)
+            dy = tf.cast(tf.constant(rng.standard_normal(y.shape)) if dtype == tf.float32 else dy32, dtype)
+            dy32 = dy
+            loss = tf.reduce_sum(y * dy)
+        grads = tape.gradient(loss, [x, k])
+        assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+        out[dtype] = [t.numpy().astype(np.float64) for t in [y] + grads]
+    for ref, got, name in zip(out[tf.float32], out[tf.bfloat16], ("output", "input grad", "kernel grad")):
+        scale = np.abs(ref).max()
+        assert scale > 0.1, name
+        np.testing.assert_allclose(got, ref, rtol=0, atol=0.02 * scale, err_msg=name)

@@ -42,3 +42,24 @@ def test_ties_go_to_one_input_like_native():
     grads = [tape.gradient(y, x) for y in ys]
     np.testing.assert_array_equal(grads[1].numpy(), grads[0].numpy())
     assert float(tf.reduce_sum(grads[1])) == 16.0
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_equals_native_bfloat16(stride):
+    """The 16-bit search runs the pool in bfloat16: the same values and routing as TF's own kernels."""
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.standard_normal((2, 9, 9, 4)), tf.bfloat16)
+    dy = tf.constant(rng.standard_normal(_native(x, stride).shape), tf.bfloat16)
+
+    @tf.function(autograph=False)
+    def value_and_grad(fn, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x, stride)
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    ref, got = value_and_grad(_native, x), value_and_grad(max_pool.max_pool_3x3, x)
+    assert got[0].dtype == got[1].dtype == tf.bfloat16
+    for r, g in zip(ref, got):
+        np.testing.assert_array_equal(g.numpy().astype(np.float32), r.numpy().astype(np.float32))
+    assert float(tf.reduce_sum(tf.abs(tf.cast(got[1], tf.float32)))) > 0

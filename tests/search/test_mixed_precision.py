@@ -30,7 +30,7 @@ def _cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.mark.parametrize("crop", [33, 65])   # 65: the large-map forms (LARGE_MAP_SIZE) at stride 4
+@pytest.mark.parametrize("crop", [33, 129])   # 129: the large-map forms (33x33 >= LARGE_MAP_SIZE) at stride 4
 def test_bfloat16_supernet_runs_in_bfloat16_and_its_gradients_follow_float32(crop):
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0, 255, (2, crop, crop, 3)).astype(np.float32))
@@ -153,3 +153,27 @@ def test_search_cli_refuses_float16_on_cpu_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1].startswith("search.py: error: --mixed_precision=mixed_float16 needs a GPU")
+
+
+def test_grouped_dilated_bfloat16_conv_gradients_at_the_size_that_crashed_onednn():
+    """33x33, 2 groups, rate 2: TF's own bf16 filter gradient kills the process here (SIGSEGV in
+    oneDNN); ours equals the float32 gradients to bfloat16 rounding, inside a graph as the supernet runs."""
+    rng = np.random.default_rng(5)
+    x32 = tf.constant(rng.standard_normal((2, 33, 33, 4)), tf.float32)
+    k32 = tf.constant(rng.standard_normal((5, 5, 2, 4)), tf.float32)
+    dy32 = tf.constant(rng.standard_normal((2, 33, 33, 4)), tf.float32)
+
+    def value_and_grads(conv, x, k, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = conv(x, k)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy)
+        return [y] + tape.gradient(loss, [x, k])
+
+    ref = tf.function(value_and_grads)(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME", dilations=2), x32, k32, dy32)
+    got = tf.function(value_and_grads)(lambda x, k: supernet.grouped_dilated_conv_16bit(x, k, 2),
+                                       tf.cast(x32, tf.bfloat16), tf.cast(k32, tf.bfloat16), dy32)
+    assert [t.dtype for t in got] == [tf.bfloat16] * 3
+    for r, g, name in zip(ref, got, ("output", "input grad", "kernel grad")):
+        r, g = r.numpy().astype(np.float64), g.numpy().astype(np.float64)
+        np.testing.assert_allclose(g, r, rtol=0, atol=0.02 * np.abs(r).max(), err_msg=name)
