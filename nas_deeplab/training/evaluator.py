@@ -50,7 +50,7 @@ class EvalConfig:
     max_number_of_evaluations: int = 0      # continuous: stop after this many (0: until timeout)
     eval_timeout_secs: int = 3600           # continuous: stop when no new checkpoint for this long
     precise_bn_batches: int = 0             # >0: recompute BN statistics first (training/precise_bn.py)
-    precise_bn_batch_size: int = 2          # images per precise-BN batch (>= 2: image pooling)
+    precise_bn_batch_size: int | None = None  # images per precise-BN batch; None: the run's training batch
     mixed_precision: str = "none"           # mixed_bfloat16 / mixed_float16: the network computes in 16 bits
 
     def validate(self) -> None:
@@ -63,7 +63,7 @@ class EvalConfig:
             raise ValueError(f"--eval_interval_secs must be >= 0, got {self.eval_interval_secs}")
         if self.precise_bn_batches < 0:
             raise ValueError(f"--precise_bn_batches must be >= 0, got {self.precise_bn_batches}")
-        if self.precise_bn_batch_size < 2:
+        if self.precise_bn_batch_size is not None and self.precise_bn_batch_size < 2:
             raise ValueError(f"--precise_bn_batch_size must be >= 2 (the image-pooling BN normalises "
                              f"over the batch), got {self.precise_bn_batch_size}")
 

@@ -94,7 +94,7 @@ class TrainConfig:
     max_to_keep: int = 2
     skip_corrupt_records: bool = False
     precise_bn_batches: int = 0             # >0: precise BN after training (training/precise_bn.py)
-    precise_bn_batch_size: int = 2
+    precise_bn_batch_size: int | None = None  # None: train_batch_size
 
     def validate(self) -> None:
         def bad(flag, msg):
@@ -128,7 +128,7 @@ class TrainConfig:
             bad("save_interval_steps", f"must be >= 1, got {self.save_interval_steps}")
         if self.precise_bn_batches < 0:
             bad("precise_bn_batches", f"must be >= 0, got {self.precise_bn_batches}")
-        if self.precise_bn_batch_size < 2:
+        if self.precise_bn_batch_size is not None and self.precise_bn_batch_size < 2:
             bad("precise_bn_batch_size", f"must be >= 2 (the image-pooling BN normalises over the batch), "
                 f"got {self.precise_bn_batch_size}")
 
@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, *, dataset_fn: Callable[..., tf.data.Dataset] | None
         # Outside the strategy and the training precision policy: the model is built as eval.py builds it.
         from nas_deeplab.training.precise_bn import store_precise_checkpoint
         result.checkpoint = store_precise_checkpoint(result.checkpoint, cfg.precise_bn_batches,
-                                                     cfg.precise_bn_batch_size, cfg.model, stream=stream)
+                                                     cfg.precise_bn_batch_size or max(2, cfg.train_batch_size),
+                                                     cfg.model, stream=stream)
     return result
 
 
