@@ -14,6 +14,8 @@ flags given explicitly must agree. Every model variable must be restored, or not
 The SavedModel's `serving_default` signature takes `ImageTensor` uint8 [N, H, W, 3] of any size and
 returns `SemanticPredictions` int32 [N, H, W] and `SemanticProbabilities` float32 [N, H, W, C]; its
 `predict_labels` signature returns `SemanticPredictions` only (no per-pixel softmax, no float output).
+`--precision=bfloat16|float16` makes it compute in 16 bits (same signatures; batch norms folded into
+the convs unless --nofold_batch_norm).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ flags.DEFINE_integer("representative_examples", 100, "int8 TFLite: calibration i
                      "--representative_split.")
 flags.DEFINE_boolean("tflite_allow_select_tf_ops", False, "TFLite: allow TF select ops for ops the "
                      "TFLite runtime lacks (the app then needs the Flex delegate); they are listed.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
+                  "SavedModel (--export_format=saved_model|features): the type the network computes in; "
+                  "inputs and outputs keep their dtypes (uint8 in, int32 labels, float32 probabilities). "
+                  "16-bit: weights stored in 16 bits (with --fold_batch_norm) and about half the size; "
+                  "bfloat16 pays off on CPUs with AVX512-BF16 or AMX-BF16 and on recent GPUs/TPUs; "
+                  "float16 on GPUs (on a CPU it runs, slower than float32, and overflows where "
+                  "activations pass 65504: recompute BN statistics first, --precise_bn_batches). "
+                  "Other formats have their own (--tflite_quantization).")
+flags.DEFINE_boolean("fold_batch_norm", None, "SavedModel: fold every inference batch norm into the conv "
+                     "before it (scaled kernel + bias) and remove it from the graph. Default: on for "
+                     "16-bit --precision (TF does not fuse 16-bit conv + BN itself), off for float32 "
+                     "(TF's remapper already runs conv + BN as one fused kernel).")
 flags.DEFINE_integer("num_classes", None, "Number of classes when neither --dataset nor the checkpoint "
                      "says.")
 flags.DEFINE_multi_string("inference_scales", ["1.0"], "Image scales folded into the SavedModel "
@@ -66,7 +80,8 @@ flags.DEFINE_integer("precise_bn_batches", 0, "Precise BN before exporting (a tr
                      "recompute every BN's statistics on this many batches of the run's training split, "
                      "preprocessed as for evaluation (full size), store them as a new checkpoint "
                      "ckpt_precise_bn-<step> in the run folder and export that (0: off).")
-flags.DEFINE_integer("precise_bn_batch_size", 2, "Images per precise-BN batch (>= 2).")
+flags.DEFINE_integer("precise_bn_batch_size", None, "Images per precise-BN batch (>= 2; default: the run's "
+                     "training batch size).")
 flags.DEFINE_boolean("allow_unpublished_architecture", False, "Write an official-format checkpoint for "
                      "an architecture the official hnasnet code cannot build (names follow the same "
                      "scheme, but the official graph will not match).")
@@ -99,7 +114,8 @@ def config_from_flags(fv=FLAGS):
         crop_size=flags_common.parse_size(fv.crop_size, "crop_size", allow_none=True),
         overwrite=fv.overwrite, allow_random_init=fv.allow_random_init,
         allow_unpublished_architecture=fv.allow_unpublished_architecture,
-        precise_bn_batches=fv.precise_bn_batches, precise_bn_batch_size=fv.precise_bn_batch_size)
+        precise_bn_batches=fv.precise_bn_batches, precise_bn_batch_size=fv.precise_bn_batch_size,
+        precision=fv.precision, fold_batch_norm=fv.fold_batch_norm)
 
 
 def main(argv):

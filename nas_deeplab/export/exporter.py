@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # saved_model: serving; official_checkpoint: research/deeplab; keras: a .keras file (Keras 3 users);
 # features: a backbone SavedModel (end points out); tflite: one .tflite file for devices.
 FORMATS = ("saved_model", "official_checkpoint", "keras", "features", "tflite")
+# --precision: the type the SavedModel computes in (its inputs and outputs keep their dtypes).
+PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISION_FORMATS = ("saved_model", "features")   # the formats --precision / --fold_batch_norm apply to
 SINGLE_FILE_FORMATS = ("keras", "tflite")   # --export_path is the file itself
 OFFICIAL_PREFIX_NAME = "model.ckpt"
 STRUCTURE_KEYS = ("atrous_rates", "output_stride", "decoder_output_stride", "aspp_with_separable_conv",
@@ -64,12 +67,14 @@ class ExportConfig:
     allow_random_init: bool = False
     allow_unpublished_architecture: bool = False
     precise_bn_batches: int = 0                   # >0: precise BN first (training/precise_bn.py)
-    precise_bn_batch_size: int = 2
+    precise_bn_batch_size: int | None = None   # None: the run's training batch size
     dataset_dir: str | None = None                # int8 TFLite calibration data (default: the run's)
     tflite_quantization: str = "none"             # none | float16 | int8 (export/tflite.py)
     representative_split: str | None = None       # int8: the split its calibration images come from
     representative_examples: int = 100
     tflite_allow_select_tf_ops: bool = False
+    precision: str = "float32"                    # float32 | bfloat16 | float16 (SavedModels)
+    fold_batch_norm: bool | None = None           # None: fold for 16-bit precisions only
 
 
 @dataclasses.dataclass
@@ -79,9 +84,11 @@ class ExportResult:
     architecture: arch_lib.Architecture
     num_classes: int
     restore: restore_lib.RestoreInfo | None
-    model: Any = None             # the restored Keras model that was exported
+    model: Any = None             # the Keras model that was exported (restored; 16-bit / folded copy)
     architecture_source: str | None = None   # the flag or file the architecture was taken from
     format_result: Any = None     # tflite: the TFLiteResult (size, quantization, ops left in float)
+    precision: str = "float32"    # the type the exported SavedModel computes in
+    batch_norm_folded: int = 0    # BNs folded into the conv before them (0: not folded)
 
 
 # -- deciding what the model is --------------------------------------------------------------------
@@ -270,6 +277,74 @@ def build_model(arch, num_classes: int, structure: dict[str, Any]):
     return model, model.options   # the options with the path-derived defaults filled in
 
 
+def folds_batch_norm(cfg: ExportConfig) -> bool:
+    """--fold_batch_norm, default (None): fold for a 16-bit SavedModel, where TF's remapper does not
+    fuse conv + BN itself; a float32 one already runs them as one fused oneDNN kernel."""
+    if cfg.fold_batch_norm is None:
+        return cfg.export_format in PRECISION_FORMATS and cfg.precision != "float32"
+    return bool(cfg.fold_batch_norm)
+
+
+def serving_model(model, arch, num_classes: int, structure: dict[str, Any], precision: str = "float32",
+                  fold: bool = False):
+    """(model to export, number of BNs folded) for a restored float32 `model`.
+
+    float32: `model` itself, its BNs folded in place when `fold`. 16-bit: a copy built under the Keras
+    dtype policy of that type, the float32 weights cast into it: with `fold`, the pure policy
+    (weights stored in 16 bits; the kernels are folded in float64 from the float32 values and rounded
+    once), without it the mixed one (float32 weights, cast at each call), so the BN statistics are
+    not rounded to 16 bits. The logits layer computes in float32 under either (heads.Logits)."""
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from nas_deeplab.export import bn_folding  # noqa: PLC0415
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision={precision!r}: choose one of {list(PRECISIONS)}")
+    values = bn_folding.folded_values(model) if fold else None
+    if precision == "float32":
+        return model, (bn_folding.apply(model, values) if fold else 0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision if fold else f"mixed_{precision}")
+    try:
+        target, _ = build_model(arch, num_classes, structure)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    source = {v.path: v for v in model.variables}
+    if len(source) != len(model.variables) or set(source) != {v.path for v in target.variables}:
+        raise ExportError(f"--precision={precision}: the {precision} model's variables differ from the "
+                          "restored model's")
+    for v in target.variables:
+        v.assign(tf.cast(source[v.path], v.dtype))
+    n = bn_folding.apply(target, values) if fold else 0
+    for v in target.variables:
+        if v.dtype in ("float16", "bfloat16") and not np.isfinite(np.asarray(v.numpy(), np.float32)).all():
+            raise ExportError(f"--precision={precision}: {v.path} has values outside the {precision} "
+                              "range" + (" after folding BN (try --nofold_batch_norm)" if fold else ""))
+    _check_kernels(target, precision)
+    return target, n
+
+
+def _check_kernels(model, precision: str) -> None:
+    """Run the model once on a small image: a TF build without the kernels for `precision` on this
+    machine fails here, naming the flag, not when a client first calls the SavedModel."""
+    import tensorflow as tf  # noqa: PLC0415
+    try:
+        # Unknown H, W as in the SavedModel's signatures (at static shapes TF 2.21's remapper fails on
+        # some folded 16-bit graphs, "Mutation::Apply error", and then leaves them unfused).
+        run = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        out = run(tf.fill([1, 33, 33, 3], 127.5))
+        ok = bool(tf.reduce_all(tf.math.is_finite(out)))
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+        first = (e.message or str(e)).strip().splitlines()[0]
+        raise ExportError(f"--precision={precision}: this TensorFlow cannot run the {precision} model on "
+                          f"this machine ({first[:200]}); use --precision=float32 or bfloat16") from None
+    if not ok:
+        raise ExportError(f"--precision={precision}: the {precision} model computes non-finite logits "
+                          "on a uniform grey image; use --precision=float32 or bfloat16")
+
+
 # -- the export ------------------------------------------------------------------------------------
 
 def _check_export_path(path: str, overwrite: bool, export_format: str = "saved_model") -> None:
@@ -326,6 +401,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
               "not_restored": list(info.excluded) if info else None,
               "precise_bn": _precise_bn_info(prefix, kind)}
     extra = None
+    folded = 0
+    if cfg.export_format in PRECISION_FORMATS:
+        model, folded = serving_model(model, arch, num_classes, structure, cfg.precision,
+                                      folds_batch_norm(cfg))
     if cfg.export_format == "keras":
         from nas_deeplab.export.keras_format import save_keras
         path = save_keras(model, cfg.export_path, overwrite=cfg.overwrite)
@@ -333,7 +412,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         from nas_deeplab.export.features_model import export_features_model
         path = export_features_model(model, cfg.export_path, overwrite=cfg.overwrite,
                                      metadata={"source.json": source,
-                                               "dataset.json": _dataset_asset(descriptor, num_classes)})
+                                               "dataset.json": _dataset_asset(descriptor, num_classes)},
+                                     precision=cfg.precision, batch_norm_folded=folded)
     elif cfg.export_format == "tflite":
         from nas_deeplab.export import tflite
         representative = None
@@ -356,7 +436,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         path = sm.export_saved_model(model, cfg.export_path, num_classes=num_classes, metadata=metadata,
                                      inference_scales=cfg.inference_scales,
                                      add_flipped_images=cfg.add_flipped_images, crop_size=cfg.crop_size,
-                                     overwrite=cfg.overwrite)
+                                     overwrite=cfg.overwrite, precision=cfg.precision,
+                                     batch_norm_folded=folded)
     else:
         from nas_deeplab.official.names import official_variable_map
         step = None
@@ -375,11 +456,28 @@ def run_export(cfg: ExportConfig) -> ExportResult:
             with open(os.path.join(tmp, "official_flags.txt"), "w", encoding="utf-8") as f:
                 f.write(official_flags(arch, options))
         path = os.path.abspath(cfg.export_path)
-    return ExportResult(path, cfg.export_format, arch, num_classes, info, model, arch_source, extra)
+    return ExportResult(path, cfg.export_format, arch, num_classes, info, model, arch_source, extra,
+                        cfg.precision if cfg.export_format in PRECISION_FORMATS else "float32", folded)
+
+
+_PRECISION_HINTS = {"official_checkpoint": "checkpoints stay float32",
+                    "keras": "a .keras file keeps the float32 weights; load it under a Keras dtype "
+                             "policy such as mixed_bfloat16 instead",
+                    "tflite": "use --tflite_quantization=float16|int8 instead"}
 
 
 def _check_format_flags(cfg: ExportConfig) -> None:
     """The format's own flags, checked before anything is built (one line naming the flag)."""
+    if cfg.precision not in PRECISIONS:
+        raise ExportError(f"--precision={cfg.precision!r}: choose one of {list(PRECISIONS)}")
+    if cfg.export_format not in PRECISION_FORMATS:
+        if cfg.precision != "float32":
+            raise ExportError(f"--precision={cfg.precision} applies to --export_format=saved_model|features "
+                              f"only (got --export_format={cfg.export_format}: "
+                              f"{_PRECISION_HINTS[cfg.export_format]})")
+        if cfg.fold_batch_norm:
+            raise ExportError("--fold_batch_norm applies to --export_format=saved_model|features only (got "
+                              f"--export_format={cfg.export_format})")
     if cfg.export_format == "keras":
         from nas_deeplab.export.keras_format import check_keras_path
         check_keras_path(cfg.export_path)
@@ -416,7 +514,7 @@ def _calibration_data(cfg: ExportConfig, prefix: str | None, descriptor):
 def _precise_bn(cfg: ExportConfig, prefix, kind) -> str:
     """--precise_bn_batches: recompute the BN statistics of the run's checkpoint, store them as a new
     checkpoint in the run folder (training/precise_bn.py) and export that one."""
-    if cfg.precise_bn_batches < 0 or cfg.precise_bn_batch_size < 2:
+    if cfg.precise_bn_batches < 0 or (cfg.precise_bn_batch_size is not None and cfg.precise_bn_batch_size < 2):
         raise ExportError("--precise_bn_batches must be >= 0 and --precise_bn_batch_size >= 2")
     if kind != oc.KIND_TF2:
         raise ExportError("--precise_bn_batches needs a training run of ours as --checkpoint_path (an "
@@ -465,6 +563,10 @@ def describe(result: ExportResult) -> str:
            f"{result.num_classes} classes"]
     if result.restore is not None:
         out.append("  " + result.restore.summary().replace("\n", "\n  "))
+    if result.export_format in PRECISION_FORMATS:
+        out.append(f"  computes in {result.precision}" + (
+            f", {result.batch_norm_folded} batch norms folded into the convs before them"
+            if result.batch_norm_folded else ""))
     if result.export_format == "saved_model":
         out.append(f"  serve: signature '{sm.SIGNATURE_KEY}', input {sm.INPUT_NAME} uint8 [N,H,W,3]; "
                    f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}; signature '{sm.LABELS_SIGNATURE_KEY}': "

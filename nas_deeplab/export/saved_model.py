@@ -22,6 +22,11 @@ Everything the official pipeline does around the network happens inside the grap
 
 The architecture, dataset (class names, palette) and model options travel as asset files, so a
 served model explains itself without this package.
+
+Precision (`export.py --precision`): the model passed in may compute in bfloat16 or float16
+(`exporter.serving_model` builds it); the signatures are the same (uint8 in, int32 labels and float32
+probabilities out: the logits layer and everything after it run in float32), and
+`export_info.json` records `"precision"` and how many batch norms were folded into the convs.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class SegmentationServer(tf.Module):
 
     def __init__(self, model, num_classes: int, inference_scales: Sequence[float] = (1.0,),
                  add_flipped_images: bool = False, crop_size: Sequence[int] | None = None,
-                 asset_files: Mapping[str, str] | None = None):
+                 asset_files: Mapping[str, str] | None = None, exclude_variables=()):
         super().__init__(name="nas_deeplab_server")
         scales = tuple(float(s) for s in inference_scales)
         if not scales or any(s <= 0 for s in scales):
@@ -83,7 +88,10 @@ class SegmentationServer(tf.Module):
         # The tf.Variables themselves (`.value`), not Keras 3 variable wrappers: a wrapper is saved
         # as its own object, which TF1-style loaders (saved_model_cli run, TF Serving) cannot bind
         # to the graph's variable reads ("Could not find variable ...").
-        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        # `exclude_variables`: variables the graph does not read (a folded BN's gamma and
+        # moving statistics), left out of the SavedModel.
+        excluded = {id(v) for v in exclude_variables}
+        self.model_variables = [getattr(v, "value", v) for v in model.variables if id(v) not in excluded]
         self.num_classes = int(num_classes)
         self.inference_scales = scales
         self.add_flipped_images = bool(add_flipped_images)
@@ -168,8 +176,12 @@ def write_asset_sources(folder: str, metadata: Mapping[str, object]) -> dict[str
 def export_saved_model(model, export_path: str, num_classes: int | None = None,
                        metadata: Mapping[str, object] | None = None,
                        inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False,
-                       crop_size: Sequence[int] | None = None, overwrite: bool = False) -> str:
+                       crop_size: Sequence[int] | None = None, overwrite: bool = False,
+                       precision: str = "float32", batch_norm_folded: int = 0) -> str:
     """Write the serving SavedModel of `model` (raw 0..255 float images -> logits at input size).
+
+    `precision` / `batch_norm_folded` describe `model` (exporter.serving_model) for export_info.json;
+    the variables of folded BNs that the graph no longer reads are left out.
 
     `metadata` maps asset file names to text or JSON-able objects (e.g. 'architecture.json').
     Written into a temporary folder renamed into place: a failed export leaves nothing behind, and
@@ -188,10 +200,15 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
         "num_classes": int(num_classes), "inference_scales": [float(s) for s in inference_scales],
         "add_flipped_images": bool(add_flipped_images),
         "crop_size": None if crop_size is None else [int(c) for c in crop_size],
-        "pad_value": PAD_VALUE, "pad_to": "crop_size" if crop_size else f"{SIZE_MULTIPLE}k+1"})
+        "pad_value": PAD_VALUE, "pad_to": "crop_size" if crop_size else f"{SIZE_MULTIPLE}k+1",
+        "precision": str(precision), "batch_norm_folded": int(batch_norm_folded)})
+    unused = ()
+    if batch_norm_folded:
+        from nas_deeplab.export.bn_folding import unused_variables  # noqa: PLC0415
+        unused = unused_variables(model)
     with tempfile.TemporaryDirectory(prefix="nas_deeplab_assets_") as asset_dir:
         server = SegmentationServer(model, num_classes, inference_scales, add_flipped_images, crop_size,
-                                    write_asset_sources(asset_dir, metadata))
+                                    write_asset_sources(asset_dir, metadata), exclude_variables=unused)
         signatures = {SIGNATURE_KEY: server.serve.get_concrete_function(),
                       LABELS_SIGNATURE_KEY: server.serve_labels.get_concrete_function()}
         return save_atomically(server, export_path, signatures, overwrite)

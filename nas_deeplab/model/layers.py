@@ -294,6 +294,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     training=True, while gamma/beta stay trainable as in the official graph.
     """
 
+    # Set by export/bn_folding.py (serving copies only): the conv before this BN holds
+    # gamma / sqrt(var + eps), `beta` the folded bias; the layer is then a bias add.
+    folded = False
+
     def __init__(self, epsilon=BACKBONE_BN_EPSILON, momentum=BN_MOMENTUM, synchronized=False,
                  use_batch_stats=True, **kwargs):
         super().__init__(momentum=momentum, epsilon=epsilon, center=True, scale=True,
@@ -307,6 +311,8 @@ class BatchNorm(keras.layers.BatchNormalization):
         return {**config, "use_batch_stats": self.use_batch_stats}
 
     def call(self, inputs, training=None, mask=None):
+        if self.folded:
+            return tf.nn.bias_add(inputs, tf.cast(self.beta, inputs.dtype))
         training = bool(training) and self.use_batch_stats and self.trainable
         if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
             return super().call(inputs, training=training, mask=mask)
