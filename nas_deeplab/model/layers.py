@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from nas_deeplab import resize
-from nas_deeplab.model import serialization
+from nas_deeplab.model import dilated_conv, serialization
 from nas_deeplab.model.serialization import register
 
 BN_MOMENTUM = 0.9997          # slim batch_norm decay (feature_extractor / model.py)
@@ -55,6 +55,8 @@ def upsample_2x(x):
 def conv2d_same(x, kernel, stride=1, rate=1):
     """resnet_utils.conv2d_same: SAME when stride 1, else explicit fixed padding then VALID."""
     k = kernel.shape[0]
+    if stride == 1 and dilated_conv.needs_float32_filter_gradient(x, rate):
+        return dilated_conv.conv2d(x, kernel, rate)   # TF's bf16 filter gradient can segfault
     if stride == 1:
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=rate)
     x = resize.fixed_padding(x, k, rate)

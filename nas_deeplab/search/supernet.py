@@ -85,7 +85,7 @@ import numpy as np
 import tensorflow as tf
 
 from nas_deeplab import architecture, resize
-from nas_deeplab.model import depthwise, max_pool
+from nas_deeplab.model import depthwise, dilated_conv, max_pool
 from nas_deeplab.search import decode, trellis
 
 BN_EPSILON = 1e-3  # nas_arg_scope
@@ -240,34 +240,9 @@ def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2):
 
 
 def _conv(x, k, stride=1, rate=1, padding="SAME"):
-    if rate > 1 and x.dtype != tf.float32 and int(x.shape[-1]) != int(k.shape[2]):
-        return grouped_dilated_conv_16bit(x, k, rate)
+    if stride == 1 and padding == "SAME" and dilated_conv.needs_float32_filter_gradient(x, rate):
+        return dilated_conv.conv2d(x, k, rate)   # TF's bf16 filter gradient can segfault here
     return tf.nn.conv2d(x, k, strides=stride, padding=padding, dilations=rate)
-
-
-def grouped_dilated_conv_16bit(x, k, rate):
-    """A grouped (input channels = G * kernel's), dilated, stride-1 SAME conv in 16 bits whose filter
-    gradient is computed in float32.
-
-    TF 2.21's oneDNN Conv2DBackpropFilter crashes the process (SIGSEGV in its bf16 JIT kernel) for
-    grouped dilated bfloat16 convs on maps of about 29x29 and more (e.g. [2, 33, 33, 4] input,
-    [5, 5, 2, 4] kernel, rate 2; 17x17 and 25x25 run): the supernet's atrous ops on the stride-4 nodes
-    of crops >= 113. The forward pass and the input gradient are TF's own 16-bit kernels; only the
-    filter gradient runs in float32 (then cast back), so nothing but its rounding changes."""
-    @tf.custom_gradient
-    def conv(x, k):
-        y = tf.nn.conv2d(x, k, strides=1, padding="SAME", dilations=rate)
-
-        def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=k, out_backprop=dy,
-                                                strides=[1, 1, 1, 1], padding="SAME",
-                                                dilations=[1, rate, rate, 1])
-            dk = tf.raw_ops.Conv2DBackpropFilter(input=tf.cast(x, tf.float32), filter_sizes=tf.shape(k),
-                                                 out_backprop=tf.cast(dy, tf.float32), strides=[1, 1, 1, 1],
-                                                 padding="SAME", dilations=[1, rate, rate, 1])
-            return dx, tf.cast(dk, k.dtype)
-        return y, grad
-    return conv(x, k)
 
 
 def _resize_to(x, size):

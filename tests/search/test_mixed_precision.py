@@ -9,6 +9,7 @@ from absl.testing import flagsaver
 
 from nas_deeplab.search import searcher, supernet, trellis
 from nas_deeplab.training import loss_scale
+from test_searcher import _config   # the tiny search of the loop tests
 
 
 def _net(dtype, **kw):
@@ -52,14 +53,6 @@ def test_bfloat16_supernet_runs_in_bfloat16_and_its_gradients_follow_float32(cro
     assert _cosine(alpha16, g32[0]) > 0.95
     assert _cosine(beta16[valid], g32[1].numpy()[valid]) > 0.95
     assert np.mean([_cosine(a, b) for a, b in zip(g16[2:], g32[2:])]) > 0.9
-
-
-def _config(out, **kw):
-    cfg = dict(output_dir=str(out), epochs=2, steps_per_epoch=2, arch_start_epoch=0, crop_size=33,
-               batch_size=2, filter_multiplier=2, num_layers=2, num_blocks=2, deterministic=True,
-               strategy="one_device", val_steps=0, log_every=1)
-    cfg.update(kw)
-    return searcher.SearchConfig(**cfg)
 
 
 def _quiet(*a, **k):
@@ -154,26 +147,3 @@ def test_search_cli_refuses_float16_on_cpu_in_one_line(tmp_path, capsys):
     assert rc == 2
     assert err[-1].startswith("search.py: error: --mixed_precision=mixed_float16 needs a GPU")
 
-
-def test_grouped_dilated_bfloat16_conv_gradients_at_the_size_that_crashed_onednn():
-    """33x33, 2 groups, rate 2: TF's own bf16 filter gradient kills the process here (SIGSEGV in
-    oneDNN); ours equals the float32 gradients to bfloat16 rounding, inside a graph as the supernet runs."""
-    rng = np.random.default_rng(5)
-    x32 = tf.constant(rng.standard_normal((2, 33, 33, 4)), tf.float32)
-    k32 = tf.constant(rng.standard_normal((5, 5, 2, 4)), tf.float32)
-    dy32 = tf.constant(rng.standard_normal((2, 33, 33, 4)), tf.float32)
-
-    def value_and_grads(conv, x, k, dy):
-        with tf.GradientTape() as tape:
-            tape.watch([x, k])
-            y = conv(x, k)
-            loss = tf.reduce_sum(tf.cast(y, tf.float32) * dy)
-        return [y] + tape.gradient(loss, [x, k])
-
-    ref = tf.function(value_and_grads)(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME", dilations=2), x32, k32, dy32)
-    got = tf.function(value_and_grads)(lambda x, k: supernet.grouped_dilated_conv_16bit(x, k, 2),
-                                       tf.cast(x32, tf.bfloat16), tf.cast(k32, tf.bfloat16), dy32)
-    assert [t.dtype for t in got] == [tf.bfloat16] * 3
-    for r, g, name in zip(ref, got, ("output", "input grad", "kernel grad")):
-        r, g = r.numpy().astype(np.float64), g.numpy().astype(np.float64)
-        np.testing.assert_allclose(g, r, rtol=0, atol=0.02 * np.abs(r).max(), err_msg=name)
