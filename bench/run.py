@@ -51,6 +51,9 @@ flags.DEFINE_boolean("merge", False, "Keep the records of the sections not run f
                      "file (each record carries its section and date), instead of writing only this run's.")
 flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
 flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
+flags.DEFINE_list("serving_precisions", ["float32", "bfloat16"], "export.py --precision values of the "
+                  "inference section's SavedModels (16-bit ones with BN folded, export.py's default), timed "
+                  "in the same rounds as the float32 one and the TF1 graph.")
 flags.DEFINE_integer("tflite_size", 513, "Square input size of the TFLite section (Auto-DeepLab-S, "
                      "float32 / float16 / int8).")
 flags.DEFINE_integer("tflite_representative", 8, "Calibration images of the int8 TFLite model.")
@@ -224,21 +227,35 @@ def bench_inference(repeats: int) -> list[dict]:
     from nas_deeplab import architecture  # noqa: PLC0415
     from nas_deeplab.export import saved_model  # noqa: PLC0415
     from nas_deeplab.model import deeplab  # noqa: PLC0415
+    from nas_deeplab.export import exporter  # noqa: PLC0415
     opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False,
                                 decoder_use_separable_conv=False)
-    model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
+    arch = architecture.preset("auto_deeplab_s")
+    model = deeplab.build_deeplab(arch, opts)
+    _give_bn_statistics(model)
     saved = "auto_deeplab_s regular heads SavedModel"
+    structure = {"aspp_with_separable_conv": False, "decoder_use_separable_conv": False}
     records = []
     with tempfile.TemporaryDirectory() as out:
         path = saved_model.export_saved_model(model, os.path.join(out, "m"), num_classes=19)
         signatures = tf.saved_model.load(path).signatures
         keys = (saved_model.LABELS_SIGNATURE_KEY, saved_model.SIGNATURE_KEY)
+        sixteen = {}   # precision -> predict_labels of the 16-bit SavedModel (BN folded)
+        for prec in FLAGS.serving_precisions:
+            if prec == "float32":
+                continue
+            served, folded = exporter.serving_model(model, arch, 19, structure, prec, fold=True)
+            p16 = saved_model.export_saved_model(served, os.path.join(out, prec), num_classes=19,
+                                                 precision=prec, batch_norm_folded=folded)
+            sixteen[prec] = tf.saved_model.load(p16).signatures[saved_model.LABELS_SIGNATURE_KEY]
         cases = []
         for (h, w), batch in (((1025, 2049), 1), ((513, 513), 1), ((513, 513), 4)):
             img = np.random.RandomState(0).randint(0, 256, (batch, h, w, 3)).astype(np.uint8)
             # Labels only (what the TF1 baseline fetches), then labels + probabilities (softmax over
             # every pixel and a float [N, H, W, 19] output on top).
             calls = {key: _signature_call(signatures[key], tf.constant(img)) for key in keys}
+            for prec, sig in sixteen.items():
+                calls[f"{prec}/{saved_model.LABELS_SIGNATURE_KEY}"] = _signature_call(sig, tf.constant(img))
             for call in calls.values():
                 call()
             cases.append(((h, w), batch, img, calls))
@@ -258,6 +275,19 @@ def bench_inference(repeats: int) -> list[dict]:
                                     model=saved, signature=key, note=note)
                 rec["images_per_s"] = round(batch / rec["median_s"], 2)
                 records.append(rec)
+            base = statistics.median(times[saved_model.LABELS_SIGNATURE_KEY])
+            tf1 = statistics.median(times["tf1_graph"]) if "tf1_graph" in times else None
+            for prec in sixteen:
+                t = times[f"{prec}/{saved_model.LABELS_SIGNATURE_KEY}"]
+                med = statistics.median(t)
+                rec = common.record("inference", t, fwd, size=size, batch=batch, model=saved + ", BN folded",
+                                    signature=saved_model.LABELS_SIGNATURE_KEY, precision=prec,
+                                    speedup_vs_float32=round(base / med, 3),
+                                    speedup_vs_tf1_graph=round(tf1 / med, 3) if tf1 else None,
+                                    note=f"{prec}, BN folded; x{base / med:.2f} vs float32"
+                                         + (f", x{tf1 / med:.2f} vs TF1 graph" if tf1 else ""))
+                rec["images_per_s"] = round(batch / med, 2)
+                records.append(rec)
             if "tf1_graph" in times:
                 records.append(common.record(
                     "inference_tf1_graph", times["tf1_graph"], None, size=size, batch=1,
@@ -266,6 +296,19 @@ def bench_inference(repeats: int) -> list[dict]:
                 records.append(common.record("conv_peak", times["conv_peak"], _CONV_PEAK_FLOPS,
                                              size="257x513x256->256 3x3"))
     return records
+
+
+def _give_bn_statistics(model):
+    """Moving statistics as a trained model has them (mean ~N(0, 0.5), variance ~U(0.5, 2)): fresh ones
+    (0 / 1) would make BN folding a no-op and the timings of untrained graphs."""
+    import numpy as np  # noqa: PLC0415
+
+    from nas_deeplab.training import precise_bn  # noqa: PLC0415
+    rng = np.random.default_rng(0)
+    for layer in precise_bn.batch_norm_layers(model):
+        c = int(layer.moving_mean.shape[0])
+        layer.moving_mean.assign(rng.normal(0, 0.5, c).astype(np.float32))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype(np.float32))
 
 
 def _signature_call(signature, images):
@@ -445,6 +488,7 @@ def main(argv):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--only={section}",
                f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}",
                f"--precisions={','.join(FLAGS.precisions)}",
+               f"--serving_precisions={','.join(FLAGS.serving_precisions)}",
                f"--tflite_representative={FLAGS.tflite_representative}"]
         print(f"running {section} {arg}".rstrip(), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -177,7 +177,12 @@ def train_and_evaluate(cfg: BenchConfig, arch_path: str, name: str, seed: int, d
     quiet = _Quiet()
     t0 = time.monotonic()
     result = trainer.train(train_cfg, stream=quiet)
-    train_seconds = time.monotonic() - t0
+    # Training time over every call (an interrupted run resumed from its checkpoint adds up).
+    spent_path = os.path.join(run_dir, "train_seconds.json")
+    spent = json.load(open(spent_path, encoding="utf-8")) if os.path.isfile(spent_path) else []
+    spent.append(round(time.monotonic() - t0, 1))
+    atomic_write_text(spent_path, json.dumps(spent) + "\n")
+    train_seconds = sum(spent)
     # Precise BN at the training batch: the image-pooling BN normalises over the batch, so smaller
     # batches change what every later layer sees (batch 2 cost the published model 0.15 mIoU here).
     prefix = precise_bn.store_precise_checkpoint(result.checkpoint, cfg.precise_bn_batches, cfg.train_batch_size,
