@@ -24,6 +24,9 @@ def conv2d(x, kernel, rate: int):
     """tf.nn.conv2d(x, kernel, 1, "SAME", dilations=rate) for 16-bit x; `kernel` may be grouped
     (input channels = G x its in-channels)."""
     dilations = [1, rate, rate, 1]
+    # A tensor, not the layer's variable: a custom gradient that reads variables must also return
+    # their gradients separately (eager Keras calls pass the variable itself).
+    kernel = tf.cast(tf.convert_to_tensor(kernel), x.dtype)
 
     @tf.custom_gradient
     def conv(x, k):
