@@ -58,9 +58,7 @@ def define_flags(f=FLAGS) -> None:
                          "many batches of the run's training split, preprocessed as for evaluation (full "
                          "size), and store them as a new checkpoint ckpt_precise_bn-<step> in the run folder "
                          "(0: use the moving statistics of training).", flag_values=f)
-    flags.DEFINE_integer("precise_bn_batch_size", None, "Images per precise-BN batch (>= 2; default: "
-                         "the run's training batch size: every BN normalises with its batch's statistics "
-                         "during the pass, the image-pooling BN over the batch's images).", flag_values=f)
+    flags_common.define_precise_bn_batch_size_flag(f)
 
 
 def eval_config_from_flags(f=FLAGS):

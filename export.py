@@ -80,8 +80,7 @@ flags.DEFINE_integer("precise_bn_batches", 0, "Precise BN before exporting (a tr
                      "recompute every BN's statistics on this many batches of the run's training split, "
                      "preprocessed as for evaluation (full size), store them as a new checkpoint "
                      "ckpt_precise_bn-<step> in the run folder and export that (0: off).")
-flags.DEFINE_integer("precise_bn_batch_size", None, "Images per precise-BN batch (>= 2; default: the run's "
-                     "training batch size).")
+flags_common.define_precise_bn_batch_size_flag()
 flags.DEFINE_boolean("allow_unpublished_architecture", False, "Write an official-format checkpoint for "
                      "an architecture the official hnasnet code cannot build (names follow the same "
                      "scheme, but the official graph will not match).")

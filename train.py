@@ -96,9 +96,7 @@ def define_flags(f=FLAGS) -> None:
                          "split preprocessed as for evaluation (full size) and store them as a new checkpoint "
                          "ckpt_precise_bn-<step> (0: off). Use it after short runs on small crops.",
                          flag_values=f)
-    flags.DEFINE_integer("precise_bn_batch_size", None, "Images per precise-BN batch (>= 2; default: "
-                         "the run's training batch size: every BN normalises with its batch's statistics "
-                         "during the pass, the image-pooling BN over the batch's images).", flag_values=f)
+    flags_common.define_precise_bn_batch_size_flag(f)
     flags.DEFINE_boolean("print_summary", False, "Print the layer table, trainable_params and multiply_adds "
                          "of the model, then exit (reads no data).", flag_values=f)
     flags.DEFINE_list("summary_input_size", "1024,2048", "Input 'height,width' for --print_summary "

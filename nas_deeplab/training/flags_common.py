@@ -78,6 +78,15 @@ def define_dataset_flags(flag_values=flags.FLAGS) -> None:
                          flag_values=f)
 
 
+@_once("precise_bn_batch_size")
+def define_precise_bn_batch_size_flag(flag_values=flags.FLAGS) -> None:
+    """--precise_bn_batch_size (train.py, eval.py, export.py; each its own --precise_bn_batches)."""
+    flags.DEFINE_integer("precise_bn_batch_size", None, "Images per precise-BN batch (>= 2; default: "
+                         "the run's training batch size: every BN normalises with its batch's statistics "
+                         "during the pass, the image-pooling BN over the batch's images).",
+                         flag_values=flag_values)
+
+
 @_once("mixed_precision")
 def define_precision_flag(flag_values=flags.FLAGS) -> None:
     """--mixed_precision (train.py, eval.py; search.py has its own help)."""

@@ -207,8 +207,7 @@ def train(cfg: TrainConfig, *, dataset_fn: Callable[..., tf.data.Dataset] | None
         # Outside the strategy and the training precision policy: the model is built as eval.py builds it.
         from nas_deeplab.training.precise_bn import store_precise_checkpoint
         result.checkpoint = store_precise_checkpoint(result.checkpoint, cfg.precise_bn_batches,
-                                                     cfg.precise_bn_batch_size or max(2, cfg.train_batch_size),
-                                                     cfg.model, stream=stream)
+                                                     cfg.precise_bn_batch_size, cfg.model, stream=stream)
     return result
 
 
