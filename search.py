@@ -158,8 +158,8 @@ def main(argv):
     for i in range(arch.num_blocks):
         (lo, li), (ro, ri) = arch.block(i)
         print(f"  block {i}: {lo}(state {li}) + {ro}(state {ri})")
-    print(f"  (states: 0 = previous cell, 1 = the cell before it, 2+k = block k; pictures: cell.png, "
-          f"network.png; raw alpha.npy / beta.npy)")
+    print("  (states: 0 = previous cell, 1 = the cell before it, 2+k = block k; pictures: cell.png, "
+          "network.png; raw alpha.npy / beta.npy)")
     if result.summary:
         from nas_deeplab.search import decidedness
         for line in decidedness.describe(result.summary):
