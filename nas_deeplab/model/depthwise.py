@@ -76,6 +76,24 @@ def _filter_gradient(x, dy, kernel_size, stride, padding, groups, repeats):
     return tf.reduce_sum(tf.reshape(g, [kernel_size, kernel_size, n, c]), axis=2)[..., None]
 
 
+def _check(x, kernel, groups, repeats):
+    if int(kernel.shape[-1]) != 1 or kernel.shape[0] != kernel.shape[1]:
+        raise ValueError(f"depthwise_conv2d: need a square [K, K, C, 1] kernel, got {kernel.shape}")
+    if int(x.shape[-1]) * repeats != int(kernel.shape[2]) or int(x.shape[-1]) % groups:
+        raise ValueError(f"depthwise_conv2d: {x.shape[-1]} input channels in {groups} groups, "
+                         f"repeated {repeats} times, do not match the kernel's {kernel.shape[2]}")
+
+
+def _depthwise_gradients(x, kernel, dy, stride, padding, groups, repeats):
+    """(dx, dkernel) of depthwise_conv2d(x, kernel, ...) for the output gradient dy."""
+    strides = [1, stride, stride, 1]
+    shape = [int(d) for d in x.shape[:-1]] + [int(kernel.shape[2])]
+    dx = tf.nn.depthwise_conv2d_backprop_input(shape, kernel, dy, strides, padding)
+    if repeats > 1:
+        dx = _sum_copies(dx, groups, repeats)
+    return dx, _filter_gradient(x, dy, int(kernel.shape[0]), stride, padding, groups, repeats)
+
+
 def depthwise_conv2d(x, kernel, stride: int = 1, padding: str = "SAME", groups: int = 1,
                      repeats: int = 1):
     """tf.nn.depthwise_conv2d (channel multiplier 1, rate 1) of `repeat_channels(x, groups, repeats)`,
@@ -85,26 +103,52 @@ def depthwise_conv2d(x, kernel, stride: int = 1, padding: str = "SAME", groups: 
     the backward pass (it is rebuilt there, after the transpose the gradient needs), and its input
     gradient is summed over the repeats: the supernet feeds one cell state to every consumer's
     separable kernels this way."""
-    if int(kernel.shape[-1]) != 1 or kernel.shape[0] != kernel.shape[1]:
-        raise ValueError(f"depthwise_conv2d: need a square [K, K, C, 1] kernel, got {kernel.shape}")
-    if int(x.shape[-1]) * repeats != int(kernel.shape[2]) or int(x.shape[-1]) % groups:
-        raise ValueError(f"depthwise_conv2d: {x.shape[-1]} input channels in {groups} groups, "
-                         f"repeated {repeats} times, do not match the kernel's {kernel.shape[2]}")
+    _check(x, kernel, groups, repeats)
     strides = [1, stride, stride, 1]
-    ksize = int(kernel.shape[0])
 
     @tf.custom_gradient
     def conv(x, kernel):
-        xr = repeat_channels(x, groups, repeats)
-        y = tf.nn.depthwise_conv2d(xr, kernel, strides, padding)
+        y = tf.nn.depthwise_conv2d(repeat_channels(x, groups, repeats), kernel, strides, padding)
 
         def grad(dy):
-            shape = [int(d) for d in x.shape[:-1]] + [int(kernel.shape[2])]
-            dx = tf.nn.depthwise_conv2d_backprop_input(shape, kernel, dy, strides, padding)
-            if repeats > 1:
-                dx = _sum_copies(dx, groups, repeats)
-            return dx, _filter_gradient(x, dy, ksize, stride, padding, groups, repeats)
+            return _depthwise_gradients(x, kernel, dy, stride, padding, groups, repeats)
 
         return y, grad
 
     return conv(x, kernel)
+
+
+def separable_conv2d(x, depthwise_kernel, pointwise_kernel, stride: int = 1, padding: str = "SAME",
+                     groups: int = 1, repeats: int = 1):
+    """tf.nn.conv2d(depthwise_conv2d(x, depthwise_kernel, ...), pointwise_kernel, 1, "SAME") (a 1x1
+    conv, grouped if the kernel has fewer input channels) whose backward pass RECOMPUTES the depthwise
+    output instead of keeping it.
+
+    The depthwise output is needed only by the pointwise kernel's gradient, and it is the largest
+    tensor a separable layer keeps (a quarter of the supernet's saved activations at crop 321), while
+    its input is kept anyway (the depthwise filter gradient, a ReLU's gradient). Recomputing costs one
+    depthwise pass. The recomputed values are the forward's own (same kernel, same inputs), and the
+    gradients are TF's Conv2D gradient ops, so the results equal the unfused pair's."""
+    _check(x, depthwise_kernel, groups, repeats)
+    strides = [1, stride, stride, 1]
+
+    def depthwise_output(x, dk):
+        return tf.nn.depthwise_conv2d(repeat_channels(x, groups, repeats), dk, strides, padding)
+
+    @tf.custom_gradient
+    def conv(x, dk, pk):
+        y = depthwise_output(x, dk)
+        y_shape = [int(d) for d in y.shape]  # static: the tensor itself must not be kept
+        z = tf.nn.conv2d(y, pk, 1, "SAME")
+
+        def grad(dz):
+            dy = tf.raw_ops.Conv2DBackpropInput(input_sizes=y_shape, filter=pk, out_backprop=dz,
+                                                strides=[1, 1, 1, 1], padding="SAME")
+            dpk = tf.raw_ops.Conv2DBackpropFilter(input=depthwise_output(x, dk), filter_sizes=tf.shape(pk),
+                                                  out_backprop=dz, strides=[1, 1, 1, 1], padding="SAME")
+            dx, ddk = _depthwise_gradients(x, dk, dy, stride, padding, groups, repeats)
+            return dx, ddk, dpk
+
+        return z, grad
+
+    return conv(x, depthwise_kernel, pointwise_kernel)

@@ -120,3 +120,33 @@ def test_bfloat16_values_and_gradients_follow_the_float32_ones(groups, repeats, 
         scale = np.abs(ref).max()
         assert scale > 0.1, name
         np.testing.assert_allclose(got, ref, rtol=0, atol=0.02 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype,groups,repeats,pointwise_groups,stride,padding", [
+    (tf.float32, 1, 1, 1, 1, "SAME"), (tf.float32, 2, 3, 6, 1, "SAME"), (tf.float32, 1, 2, 2, 2, "VALID"),
+    (tf.bfloat16, 2, 2, 4, 1, "SAME")])
+def test_separable_conv2d_recomputes_the_depthwise_output_and_equals_the_pair(
+        dtype, groups, repeats, pointwise_groups, stride, padding):
+    """separable_conv2d = depthwise_conv2d then a (grouped) 1x1 conv, values and all three gradients,
+    although its backward pass rebuilds the depthwise output instead of keeping it: the same ops on
+    the same values, so bit-equal in float32 and bfloat16 alike."""
+    rng = np.random.default_rng(5)
+    c_in = 2 * groups
+    x = tf.cast(tf.constant(rng.standard_normal((2, 9, 9, c_in)), tf.float32), dtype)
+    dk = tf.cast(tf.constant(rng.standard_normal((3, 3, c_in * repeats, 1)), tf.float32), dtype)
+    pk = tf.cast(tf.constant(rng.standard_normal((1, 1, c_in * repeats // pointwise_groups, 12)),
+                             tf.float32), dtype)
+    results = []
+    for fn in (lambda: tf.nn.conv2d(depthwise.depthwise_conv2d(x, dk, stride, padding, groups, repeats),
+                                    pk, 1, "SAME"),
+               lambda: depthwise.separable_conv2d(x, dk, pk, stride, padding, groups, repeats)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, dk, pk])
+            y = fn()
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.constant(
+                np.random.default_rng(6).standard_normal(y.shape), tf.float32))
+        results.append([y] + tape.gradient(loss, [x, dk, pk]))
+    for ref, got, name in zip(*results, ("output", "input grad", "depthwise grad", "pointwise grad")):
+        assert got.dtype == dtype and float(tf.reduce_max(tf.abs(tf.cast(ref, tf.float32)))) > 0.1, name
+        np.testing.assert_array_equal(tf.cast(got, tf.float32).numpy(), tf.cast(ref, tf.float32).numpy(),
+                                      err_msg=name)
