@@ -73,9 +73,9 @@ flags.DEFINE_float("arch_beta_1", 0.5, "Adam beta_1 of alpha/beta (DARTS convent
 flags.DEFINE_float("arch_beta_2", 0.999, "Adam beta_2 of alpha/beta.")
 flags.DEFINE_float("arch_weight_decay", 1e-3, "Coupled L2 weight decay of alpha/beta.")
 flags.DEFINE_list("recompute_levels", None, "Recompute only the nodes of these levels in the backward pass "
-                  "(0 = stride 4 holds most activations). At crop 321 (paper setting) 0,1 peaks at 5.9 GiB "
-                  "instead of 9.8 GiB, weight step 6.72 s instead of 6.05 s (+11%; bench/results.json, "
-                  "2-core AMD EPYC).")
+                  "(0 = stride 4 holds most activations). At crop 321 (paper setting) 0,1 peaks at 5.7 GiB "
+                  "instead of 9.9 GiB in float32 (4.4 instead of 5.8 in bfloat16), weight step +6% "
+                  "(bench/results.json, 2-core AMD EPYC).")
 flags.DEFINE_boolean("recompute", False, "Recompute each trellis node in the backward pass: less memory "
                      "(for large crops), more time.")
 flags.DEFINE_enum("supernet", "fused", ["fused", "reference"],
@@ -90,6 +90,11 @@ flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_f
                   "or AVX512-BF16, A100/H100, TPUs) or float16 (GPUs; dynamic loss scaling; refused on a "
                   "CPU). Master weights, alpha/beta, softmaxes, BN statistics, losses and optimizers stay "
                   "float32, so checkpoints are the same and a search may resume in another precision.")
+flags.DEFINE_enum("recompute_cheap_ops", "auto", ["auto", "on", "off"],
+                  "The backward pass recomputes the separable ops' depthwise outputs, the pool mixes and the "
+                  "direction sums instead of keeping them: 0.7 GiB less at crop 321 in bfloat16, for one "
+                  "more depthwise pass. auto: on with 16-bit --mixed_precision (float32 results stay "
+                  "exactly as they were; the recompute changes TF's op fusions, hence round-off).")
 flags.DEFINE_integer("log_every", 10, "Progress line / TensorBoard scalars every N steps.")
 flags.DEFINE_integer("checkpoint_every", 0, "Also checkpoint every N steps (0: end of each epoch only).")
 flags.DEFINE_integer("stop_after_step", None, "Stop (with a checkpoint) after this global step; rerun "
@@ -111,7 +116,7 @@ def config_from_flags():
     for name in ("num_levels", "output_dir", "dataset", "dataset_dir", "seed", "split_seed", "deterministic", "strategy",
                  "num_cpu_replicas", "weight_lr", "weight_lr_min", "weight_momentum", "weight_decay",
                  "arch_lr", "arch_beta_1", "arch_beta_2", "arch_weight_decay", "recompute", "log_every",
-                 "checkpoint_every", "stop_after_step", "mixed_precision"):
+                 "checkpoint_every", "stop_after_step", "mixed_precision", "recompute_cheap_ops"):
         kw[name] = getattr(FLAGS, name)
     levels = preset.get("recompute_levels", []) if FLAGS.recompute_levels is None else FLAGS.recompute_levels
     kw["recompute_levels"] = flags_common.parse_int_list(levels, "recompute_levels")
@@ -168,7 +173,7 @@ def main(argv):
 
 
 def run_main():
-    app.run(main)
+    app.run(main, flags_parser=flags_common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

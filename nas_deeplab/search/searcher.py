@@ -84,6 +84,7 @@ class SearchConfig:
     recompute_levels: tuple = ()      # ... or only the nodes of these levels (0: stride 4, the largest)
     supernet: str = "fused"           # or "reference": search/reference.py, edge by edge (slow)
     mixed_precision: str = "none"     # mixed_bfloat16 / mixed_float16: the supernet computes in 16 bits
+    recompute_cheap_ops: str = "auto"  # on / off / auto (on for 16-bit): see SupernetConfig
     log_every: int = 10
     checkpoint_every: int = 0         # steps; 0: at the end of every epoch only
     stop_after_step: Optional[int] = None  # stop (checkpointed) after this global step: simulates an interruption
@@ -117,6 +118,8 @@ class SearchConfig:
              f"--min_scale_factor={self.min_scale_factor}")
         need(self.scale_factor_step_size >= 0,
              f"--scale_factor_step_size must be >= 0 (0: uniform), got {self.scale_factor_step_size}")
+        need(self.recompute_cheap_ops in RECOMPUTE_CHEAP_OPS,
+             f"--recompute_cheap_ops={self.recompute_cheap_ops!r}: choose one of {list(RECOMPUTE_CHEAP_OPS)}")
         need(self.mixed_precision in MIXED_PRECISION,
              f"--mixed_precision={self.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
         need(self.mixed_precision == "none" or self.supernet == "fused",
@@ -128,6 +131,7 @@ class SearchConfig:
                   "2x (DeepLab uses 32k+1 crops such as 65, 129, 321)", flush=True)
 
 
+RECOMPUTE_CHEAP_OPS = {"auto": None, "on": True, "off": False}
 # --mixed_precision -> the supernet's compute dtype. Everything else stays float32: the master weights,
 # alpha/beta and their softmaxes, the logits and the loss, the BN statistics and both optimizers; so a
 # checkpoint is the same in every precision and a search may resume in another one.
@@ -203,7 +207,8 @@ class Searcher:
                 num_classes=self.desc.num_classes, num_layers=cfg.num_layers, num_blocks=cfg.num_blocks,
                 filter_multiplier=cfg.filter_multiplier, num_levels=cfg.num_levels,
                 recompute=cfg.recompute, recompute_levels=tuple(cfg.recompute_levels),
-                compute_dtype=MIXED_PRECISION[cfg.mixed_precision])
+                compute_dtype=MIXED_PRECISION[cfg.mixed_precision],
+                recompute_cheap_ops=RECOMPUTE_CHEAP_OPS[cfg.recompute_cheap_ops])
             if cfg.supernet == "reference":  # the same function edge by edge (search/reference.py)
                 from nas_deeplab.search import reference
                 self.net = reference.ReferenceSupernet(net_config, seed=cfg.seed)
@@ -474,7 +479,9 @@ class Searcher:
             f"{cfg.arch_start_epoch}, crop {cfg.crop_size}, global batch {cfg.batch_size} on "
             f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
             f"{self.net.parameter_count():,} supernet weights, computing in "
-            f"{MIXED_PRECISION[cfg.mixed_precision]}; build {self.timings['build_s']:.1f} s")
+            f"{MIXED_PRECISION[cfg.mixed_precision]}"
+            f"{', cheap ops recomputed' if getattr(self.net.config, 'recomputes_cheap_ops', False) else ''}; "
+            f"build {self.timings['build_s']:.1f} s")
         self._warn_if_too_short()
         self._record_arch_start(start)
         bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)

@@ -70,6 +70,18 @@ How it stays small (the graph compiler is the bottleneck, not FLOPs):
   SPLIT_SEPARABLE_MIN_SIZE and more the 3x3 and 5x5 separable ops run as separate convs. Smaller
   maps keep the forms with fewer ops (per-op overhead dominates there).
 * XLA (`jit_compile`) on the node functions was tried and rejected: 18x slower steps, 4x the start-up.
+
+Memory (`recompute_cheap_ops`, on by default for 16-bit compute): what the node functions keep for
+the backward pass, measured at crop 321 in bfloat16 (paper size, weight step, tensors after buffer
+aliases; tests/search/test_supernet.py counts the same way): 2.83 GiB, of which 0.70 GiB are the
+separable ops' depthwise outputs (needed only by the pointwise kernels' gradient), 0.22 GiB stacked
+pools and directions (needed only by alpha's and beta's gradients) and 0.10 GiB copies of small-map
+inputs repeated for the depthwise op. With the option the backward pass rebuilds them from tensors
+it keeps anyway (`depthwise.separable_conv2d`; `tf.recompute_grad` on the pool mix and the direction
+sum; the repeat inside the depthwise op on every map size): 1.87 GiB kept, peak RSS 6.96 -> 5.84 GiB.
+The rest: BN inputs (conv outputs, 1.0 GiB), ReLU'd states (0.5 GiB), kernels. The recompute
+boundaries change TF's op fusions, so round-off differs; float32 keeps it off by default so its
+results stay exactly as they were (turn it on for float32 memory the same way).
 Measured (2 CPU cores, L=12 B=5 F=8, batch 2, one thread per op: training/threads.py): crop 65:
 build 1.5 s, start-up 43-48 s, then 0.8-0.9 s per weight step and 0.5 s per arch step, 3.7 GiB;
 crop 321: 6.0 s per weight step, 9.8 GiB, or with `recompute_levels=(0, 1)` 6.7 s and 5.9 GiB
@@ -122,6 +134,8 @@ class SupernetConfig:
     recompute: bool = False              # recompute each node in the backward pass (memory)
     recompute_levels: tuple = ()         # ... or only the nodes of these levels (0 = stride 4 holds most)
     compute_dtype: str = "float32"       # or bfloat16 / float16: activations and convs (see "Precision")
+    recompute_cheap_ops: bool | None = None  # backward recomputes depthwise outputs, pool mixes and
+                                             # direction sums instead of keeping them; None: 16-bit only
 
     def __post_init__(self):
         for name in ("num_classes", "num_layers", "num_blocks", "filter_multiplier"):
@@ -134,6 +148,15 @@ class SupernetConfig:
             raise ValueError(f"recompute_levels {bad} outside 0..{self.num_levels - 1}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+
+    @property
+    def recomputes_cheap_ops(self) -> bool:
+        """See "Memory" in the module docstring: on by default for 16-bit compute only, so float32
+        results stay exactly what they were (the recompute boundaries change TF's op fusions, hence
+        float round-off)."""
+        if self.recompute_cheap_ops is None:
+            return self.compute_dtype != "float32"
+        return bool(self.recompute_cheap_ops)
 
     def recomputes(self, level: int) -> bool:
         return self.recompute or level in self.recompute_levels
@@ -221,22 +244,31 @@ def _grouped(kernel, shape, G):
     return tf.reshape(_repeat(kernel, 3, G), shape[:3] + [G * shape[3]])
 
 
-def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2):
+def _separable(r, G, C, Q, stride, dw1, pw1, dw2, pw2, recompute_depthwise=False):
     """Both separable layers of Q (consumer, kernel) pairs reading one ReLU'd cell state r
     [N, h, w, G*C]: depthwise over Q copies of r, grouped 1x1, BN, ReLU, depthwise, grouped 1x1.
-    Depthwise kernels [K, K, .., C] hold Q*C channels in (q, c) order, pointwise ones [C, .., C]."""
+    Depthwise kernels [K, K, .., C] hold Q*C channels in (q, c) order, pointwise ones [C, .., C].
+    recompute_depthwise: the backward pass recomputes each depthwise output instead of keeping it
+    (`depthwise.separable_conv2d`; same values, less memory, one more depthwise pass), and the input
+    is repeated inside the depthwise op on every map size (no copy of it is kept)."""
     K = int(dw1.shape[0])
     d1 = tf.reshape(_grouped(dw1, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1])  # (g, q, c) order
+    d2 = tf.reshape(_grouped(dw2, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1])
+    p1, p2 = _grouped(pw1, [1, 1, C, Q * C], G), _grouped(pw2, [1, 1, C, Q * C], G)
     groups, repeats = G, Q
-    if int(r.shape[1]) < LARGE_MAP_SIZE:  # copy first: fewer ops in the gradient
+    if int(r.shape[1]) < LARGE_MAP_SIZE and not recompute_depthwise:  # copy first: fewer gradient ops
         r, groups, repeats = depthwise.repeat_channels(r, G, Q), 1, 1
+    stride_args = (2, "VALID") if stride == 2 else (1, "SAME")
     if stride == 2:
-        y = depthwise.depthwise_conv2d(resize.fixed_padding(r, K), d1, 2, "VALID", groups, repeats)
-    else:
-        y = depthwise.depthwise_conv2d(r, d1, groups=groups, repeats=repeats)
-    y = tf.nn.relu(_fbn(_conv(y, _grouped(pw1, [1, 1, C, Q * C], G))))
-    y = depthwise.depthwise_conv2d(y, tf.reshape(_grouped(dw2, [K, K, 1, Q * C], G), [K, K, G * Q * C, 1]))
-    return _conv(y, _grouped(pw2, [1, 1, C, Q * C], G))
+        r = resize.fixed_padding(r, K)
+
+    def layer(x, dk, pk, stride, padding, groups, repeats):
+        if recompute_depthwise:
+            return depthwise.separable_conv2d(x, dk, pk, stride, padding, groups, repeats)
+        return _conv(depthwise.depthwise_conv2d(x, dk, stride, padding, groups, repeats), pk)
+
+    y = tf.nn.relu(_fbn(layer(r, d1, p1, *stride_args, groups, repeats)))
+    return layer(y, d2, p2, 1, "SAME", 1, 1)
 
 
 def _conv(x, k, stride=1, rate=1, padding="SAME"):
@@ -496,9 +528,14 @@ class Supernet(tf.Module):
                                            weights[i + 2])
                     for m, t in enumerate(tf.unstack(later, axis=4)):
                         pending[i + 1 + m] = pending[i + 1 + m] + t
+            return recomputed(direction_sum)(betas, *blocks)
+
+        def direction_sum(betas, *blocks):  # eq. 6's beta-weighted sum over the incoming directions
             cells = tf.stack(blocks, axis=4)  # [N,h,w,D,B,C]
             out = tf.reduce_sum(cells * tf.cast(tf.reshape(betas, [D, 1, 1]), cells.dtype), axis=3)
             return tf.reshape(out, [-1, size[0], size[1], B * C])
+
+        recomputed = tf.recompute_grad if cfg.recomputes_cheap_ops else (lambda f: f)
 
         return node
 
@@ -518,10 +555,11 @@ class Supernet(tf.Module):
             split_separable = int(x.shape[1]) >= SPLIT_SEPARABLE_MIN_SIZE
         if split_separable:
             seps = [(_separable(r, G, C, n, stride, k[f"dw1_{kk}"], k["pw1"][:, i], k[f"dw2_{kk}"],
-                                k["pw2"][:, i]), w["conv4"][i:i + 1]) for i, kk in enumerate((3, 5))]
+                                k["pw2"][:, i], self.config.recomputes_cheap_ops), w["conv4"][i:i + 1])
+                    for i, kk in enumerate((3, 5))]
         else:
-            seps = [(_separable(r, G, C, 2 * n, stride, k["dw1"], k["pw1"], k["dw2"], k["pw2"]),
-                     w["conv4"][0:2])]
+            seps = [(_separable(r, G, C, 2 * n, stride, k["dw1"], k["pw1"], k["dw2"], k["pw2"],
+                                self.config.recomputes_cheap_ops), w["conv4"][0:2])]
         y = seps[0][0]
         ho, wo = int(y.shape[1]), int(y.shape[2])
         # -- atrous: one conv per kernel size for all consumers (grouped over directions) --------
@@ -559,10 +597,15 @@ class Supernet(tf.Module):
             z = _fbn(tf.reshape(tf.concat(parts, axis=4), [-1, ho, wo, G * nconv * n * C]), bn_scale(wrows))
             out = tf.reduce_sum(tf.reshape(z, [-1, ho, wo, G, nconv, n, C]), axis=4)
         # -- pools (no ReLU, no BN) and identity skip: [avg, max(, x)] x weights ----------------
-        pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
-        if stride == 1:
-            pools.append(x)
-        return out + _weighted_sum(pools, w["pool"][:len(pools)], G, C)
+        def pool_mix(x, weights):
+            pools = [tf.nn.avg_pool2d(x, 3, stride, "SAME"), max_pool.max_pool_3x3(x, stride)]
+            if stride == 1:
+                pools.append(x)
+            return _weighted_sum(pools, weights[:len(pools)], G, C)
+
+        if self.config.recomputes_cheap_ops:  # keep x only: the stacked pools are rebuilt for alpha's gradient
+            pool_mix = tf.recompute_grad(pool_mix)
+        return out + pool_mix(x, w["pool"])
 
     def _aspp(self, x, v):
         V = {k.split("/", 1)[1]: tf.cast(t, x.dtype) for k, t in self.vars.items() if k.startswith(f"aspp_v{v}/")}

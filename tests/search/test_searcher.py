@@ -94,3 +94,5 @@ def test_bad_settings_are_rejected(tmp_path):
         _config(tmp_path, epochs=0).validate()
     with pytest.raises(ValueError, match="--strategy"):
         _config(tmp_path, strategy="tpu").validate()
+    with pytest.raises(ValueError, match="--recompute_cheap_ops='maybe'"):
+        _config(tmp_path, recompute_cheap_ops="maybe").validate()

@@ -118,10 +118,11 @@ def test_paper_size_supernet_builds():
 
 
 @pytest.mark.parametrize("options", [dict(recompute=True), dict(recompute_levels=(0,)),
-                                     dict(inline=True)])
+                                     dict(inline=True), dict(recompute_cheap_ops=True)])
 def test_memory_and_counting_options_give_the_same_loss_and_gradients(options):
-    """Recomputing all nodes or only level 0 in the backward pass, and tracing the nodes inline (the
-    FLOP-counting path), compute what the default path computes."""
+    """Recomputing all nodes or only level 0 in the backward pass, recomputing the cheap ops
+    (depthwise outputs, pool mixes, direction sums), and tracing the nodes inline (the FLOP-counting
+    path), compute what the default path computes."""
     x = tf.random.stateless_uniform([2, 33, 33, 3], [1, 2], 0, 255)
     y = tf.random.stateless_uniform([2, 33, 33], [3, 4], 0, 3, tf.int32)
     results = []
@@ -143,3 +144,51 @@ def test_memory_and_counting_options_give_the_same_loss_and_gradients(options):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _saved_for_backward(net, x):
+    """{op type: bytes} of the tensors the node functions keep for the backward pass (the extra
+    outputs of their rewritten forward functions, followed through buffer aliases)."""
+    @tf.function(autograph=False)
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(net(x)))
+        return tape.gradient(loss, net.weight_variables + net.arch_variables)
+
+    graph = step.get_concrete_function(x).graph
+    saved = {}
+    for name, fn in graph._functions.items():  # noqa: SLF001 - the traced function library
+        if not name.startswith("__forward_") or getattr(fn, "graph", None) is None:
+            continue
+        for t in fn.graph.outputs[1:]:          # output 0 is the node's state
+            while t.op.type in ("IdentityN", "Identity", "Reshape"):
+                t = t.op.inputs[t.value_index if t.op.type == "IdentityN" else 0]
+            saved[t.op.type] = saved.get(t.op.type, 0) + t.dtype.size * (t.shape.num_elements() or 0)
+    return saved
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_recompute_cheap_ops_keeps_no_depthwise_output_or_stacked_pools(large, monkeypatch):
+    """What recompute_cheap_ops is for: the node functions no longer keep the separable ops'
+    depthwise outputs, the copies of the input they repeat, or the stacked pools / directions
+    (alpha's and beta's gradients rebuild them), on both map-size forms."""
+    monkeypatch.setattr(supernet, "LARGE_MAP_SIZE", 1 if large else 10 ** 6)
+    x = tf.random.stateless_uniform([2, 33, 33, 3], [1, 2], 0, 255)
+    saved = {}
+    for on in (False, True):
+        net = supernet.Supernet(supernet.SupernetConfig(num_classes=3, num_layers=2, num_blocks=2,
+                                                        filter_multiplier=2, recompute_cheap_ops=on), seed=1)
+        saved[on] = _saved_for_backward(net, x)
+    assert saved[False].get("DepthwiseConv2dNative", 0) > 0 and saved[False].get("Pack", 0) > 0
+    assert "DepthwiseConv2dNative" not in saved[True] and "Pack" not in saved[True]
+    if not large:  # small maps copy the separable input first unless the cheap ops are recomputed
+        assert saved[False].get("Tile", 0) > saved[True].get("Tile", 0)
+    assert sum(saved[True].values()) < sum(saved[False].values())  # tiny here; 0.66x at crop 321, paper size
+
+
+def test_recompute_cheap_ops_defaults_to_16_bit_compute_only():
+    assert not supernet.SupernetConfig(num_classes=3).recomputes_cheap_ops
+    assert supernet.SupernetConfig(num_classes=3, compute_dtype="bfloat16").recomputes_cheap_ops
+    assert supernet.SupernetConfig(num_classes=3, compute_dtype="float16").recomputes_cheap_ops
+    assert not supernet.SupernetConfig(num_classes=3, compute_dtype="bfloat16",
+                                       recompute_cheap_ops=False).recomputes_cheap_ops
