@@ -10,6 +10,8 @@ process and their steps run in turn (A, B, B, A, A, B, ...), so drift hits all o
 A variant is `NAME` (the code as it is) or `NAME:MODULE.ATTR=VALUE[;MODULE.ATTR=VALUE...]`, with MODULE
 relative to `nas_deeplab` and VALUE a Python literal. The assignments are in force while that
 variant's steps are traced (the supernet's map-size thresholds are read at trace time), then undone.
+`config.FIELD=VALUE` sets a SearchConfig field of that variant instead, e.g.
+`--mixed_precision=mixed_bfloat16 --variant=keep --variant="recompute:config.recompute_cheap_ops='on'"`.
 Prints each variant's median step time, its ratio to the first variant's, and in how many rounds it
 was faster than the first.
 """
@@ -33,6 +35,8 @@ flags.DEFINE_integer("crop", 321, "Search crop (32k+1).")
 flags.DEFINE_enum("step", "weight", ["weight", "arch"], "Which step to time.")
 flags.DEFINE_integer("rounds", 8, "Timed rounds (each runs every variant once), after one warm-up round.")
 flags.DEFINE_multi_string("variant", ["now"], "NAME or NAME:MODULE.ATTR=VALUE[;...] (see module doc).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
+                  "The searches' --mixed_precision.")
 
 
 def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
@@ -46,6 +50,12 @@ def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
         module_name, _, attr = target.strip().rpartition(".")
         if not eq or not module_name:
             raise app.UsageError(f"--variant={text!r}: '{item}' is not MODULE.ATTR=VALUE")
+        if module_name == "config":
+            try:
+                patches.append(("config", attr, ast.literal_eval(value.strip())))
+            except (ValueError, SyntaxError):
+                raise app.UsageError(f"--variant={text!r}: {value.strip()!r} is not a Python literal") from None
+            continue
         try:
             module = importlib.import_module(f"nas_deeplab.{module_name}")
         except ImportError as e:
@@ -73,9 +83,16 @@ def main(argv):
     print(threads.configure("auto", prefer="op_parallel"), flush=True)
     steps = {}
     for name, patches in variants:
-        cfg = searcher.SearchConfig(output_dir=tempfile.mkdtemp(prefix="ab_search_"), crop_size=FLAGS.crop,
-                                    batch_size=2, num_layers=12, num_blocks=5, filter_multiplier=8, epochs=1,
-                                    steps_per_epoch=1, arch_start_epoch=0, strategy="one_device", val_steps=0)
+        fields = {a: v for m, a, v in patches if m == "config"}
+        patches = [p for p in patches if p[0] != "config"]
+        try:
+            cfg = searcher.SearchConfig(**{**dict(
+                output_dir=tempfile.mkdtemp(prefix="ab_search_"), crop_size=FLAGS.crop, batch_size=2,
+                num_layers=12, num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
+                arch_start_epoch=0, strategy="one_device", val_steps=0,
+                mixed_precision=FLAGS.mixed_precision), **fields})
+        except TypeError as e:
+            raise app.UsageError(f"--variant={name}: {e}") from None
         try:
             s = searcher.Searcher(cfg, log=lambda *a, **k: None)
         except ValueError as e:  # the search's own checks (crop size ...), named for this tool's flags

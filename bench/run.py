@@ -51,6 +51,8 @@ flags.DEFINE_boolean("merge", False, "Keep the records of the sections not run f
                      "file (each record carries its section and date), instead of writing only this run's.")
 flags.DEFINE_boolean("child", False, "Internal: run one section in this process and print JSON.")
 flags.DEFINE_string("child_crop", "", "Internal: the crop/size of a child run.")
+flags.DEFINE_enum("search_cheap_ops", "auto", ["auto", "on", "off"],
+                  "search: search.py's --recompute_cheap_ops (auto: on for 16-bit).")
 flags.DEFINE_list("serving_precisions", ["float32", "bfloat16"], "export.py --precision values of the "
                   "inference section's SavedModels (16-bit ones with BN folded, export.py's default), timed "
                   "in the same rounds as the float32 one and the TF1 graph.")
@@ -87,24 +89,28 @@ def _forward_flops(fn, spec):
     return common.graph_flops(tf.function(fn).get_concrete_function(spec))
 
 
-def _searcher(out: str, crop: int, recompute_levels=(), mixed_precision: str = "none"):
+def _searcher(out: str, crop: int, recompute_levels=(), mixed_precision: str = "none",
+              recompute_cheap_ops: str = "auto"):
     """The paper-size supernet (L=12, B=5, F=8, batch 2) on one device, as the benchmarks drive it."""
     from nas_deeplab.search import searcher  # noqa: PLC0415
     cfg = searcher.SearchConfig(output_dir=out, crop_size=crop, batch_size=2, num_layers=12,
                                 num_blocks=5, filter_multiplier=8, epochs=1, steps_per_epoch=1,
                                 arch_start_epoch=0, strategy="one_device", val_steps=0,
-                                recompute_levels=tuple(recompute_levels), mixed_precision=mixed_precision)
+                                recompute_levels=tuple(recompute_levels), mixed_precision=mixed_precision,
+                                recompute_cheap_ops=recompute_cheap_ops)
     return searcher.Searcher(cfg, log=lambda *a, **k: None)
 
 
-def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: str = "none") -> list[dict]:
+def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: str = "none",
+                 recompute_cheap_ops: str = "auto") -> list[dict]:
     """Start-up, weight and arch step of one search in this process (its peak RSS is this precision's)."""
     import tensorflow as tf  # noqa: PLC0415
 
     from bench import common  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as out:
         t0 = time.monotonic()
-        s = _searcher(out, crop, recompute_levels, mixed_precision)
+        s = _searcher(out, crop, recompute_levels, mixed_precision, recompute_cheap_ops)
+        cheap = s.net.config.recomputes_cheap_ops
         build_s = time.monotonic() - t0
         it_a = s._dataset("trainA", 0)  # noqa: SLF001 - the benchmark drives the compiled steps directly
         it_b = s._dataset("trainB", 0)  # noqa: SLF001
@@ -124,9 +130,11 @@ def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: 
                              tf.TensorSpec([2, crop, crop, 3], tf.float32))
         params = int(s.net.parameter_count("weights"))
     base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params,
-            "recompute_levels": list(recompute_levels), "precision": _precision_name(mixed_precision)}
+            "recompute_levels": list(recompute_levels), "precision": _precision_name(mixed_precision),
+            "recompute_cheap_ops": cheap}
     notes = ([f"recompute levels {','.join(map(str, recompute_levels))}"] if recompute_levels else []) + \
-        ([_precision_name(mixed_precision)] if mixed_precision != "none" else [])
+        ([_precision_name(mixed_precision)] if mixed_precision != "none" else []) + \
+        ([f"cheap ops {'recomputed' if cheap else 'kept'}"] if recompute_cheap_ops != "auto" or cheap else [])
     if notes:
         base["note"] = ", ".join(notes)
     return [
@@ -430,7 +438,8 @@ def _child(section: str, arg: str, repeats: int) -> list[dict]:
     if section == "search":
         arg, _, mp = arg.partition("#")        # "321", "321@0,1", "321#mixed_bfloat16"
         crop, _, levels = arg.partition("@")
-        return bench_search(int(crop), repeats, [int(v) for v in levels.split(",") if v], mp or "none")
+        return bench_search(int(crop), repeats, [int(v) for v in levels.split(",") if v], mp or "none",
+                            FLAGS.search_cheap_ops)
     if section == "search_precision":
         return bench_search_precision(int(arg), repeats, FLAGS.precisions)
     if section == "train":
@@ -489,7 +498,8 @@ def main(argv):
                f"--child_crop={arg}", f"--repeats={FLAGS.repeats}", f"--threads={FLAGS.threads}",
                f"--precisions={','.join(FLAGS.precisions)}",
                f"--serving_precisions={','.join(FLAGS.serving_precisions)}",
-               f"--tflite_representative={FLAGS.tflite_representative}"]
+               f"--tflite_representative={FLAGS.tflite_representative}",
+               f"--search_cheap_ops={FLAGS.search_cheap_ops}"]
         print(f"running {section} {arg}".rstrip(), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
