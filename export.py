@@ -143,7 +143,7 @@ def main(argv):
 
 
 def run_main():
-    app.run(main)
+    app.run(main, flags_parser=flags_common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def run(f, stream=None) -> int:
 
 def run_main():
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=flags_common.parse_flags_or_exit)
 
 
 if __name__ == "__main__":

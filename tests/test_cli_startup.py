@@ -64,3 +64,18 @@ def test_help_keeps_the_examples_line_breaks():
         continued = [line for line in doc.splitlines() if line.rstrip().endswith("\\")]
         assert continued, name   # "... \" at the end of an example line, as typed in a shell
         assert all(len(line) < 110 for line in doc.splitlines()), name
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_2_on_every_cli():
+    """absl's own flag errors (a value outside an enum, a non-number) end as every user error of the
+    CLIs does: one '<program>: error: ...' line naming the flag, exit status 2, no 'FATAL'."""
+    for script, flag in (("search.py", "--recompute_cheap_ops=maybe"), ("train.py", "--mixed_precision=fp8"),
+                         ("eval.py", "--eval_batch_size=x"), ("export.py", "--precision=int4"),
+                         ("datasets/build_synthetic_data.py", "--num_shards=abc")):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, script), flag], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+        lines = [ln for ln in filter_startup_lines(p.stderr.splitlines(keepends=True))[0] if ln.strip()]
+        name = flag.split("=")[0].lstrip("-")
+        assert p.returncode == 2, (script, p.returncode, p.stderr[-1000:])
+        assert len(lines) == 1 and lines[0].startswith(f"{os.path.basename(script)}: error: ") \
+            and name in lines[0] and "FATAL" not in p.stderr, (script, p.stderr[-1000:])

@@ -7,6 +7,7 @@ from absl import app
 
 from nas_deeplab.data.errors import DataError
 from nas_deeplab.io_utils import OutputError
+from nas_deeplab.training import flags_common
 
 
 def run(build):
@@ -21,4 +22,4 @@ def run(build):
             print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
             sys.exit(2)
 
-    app.run(main)
+    app.run(main, flags_parser=flags_common.parse_flags_or_exit)

@@ -7,6 +7,7 @@ Names and forms follow official DeepLab (`--atrous_rates=12 --atrous_rates=24 ..
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -245,3 +246,14 @@ def report_user_error(exc: Exception, program: str) -> int:
         raise exc
     print(f"{program}: error: {msg}", file=sys.stderr)
     return 2
+
+
+def parse_flags_or_exit(argv):
+    """`app.run(main, flags_parser=parse_flags_or_exit)`: absl's flag parsing, but a bad flag value
+    ends like every other user error of the CLIs, in one "<program>: error: <message>" line naming
+    the flag and exit status 2 (absl prints "FATAL Flags parsing error" and exits 1)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"{os.path.basename(argv[0])}: error: {e}", file=sys.stderr)
+        sys.exit(2)
