@@ -120,6 +120,9 @@ class SearchConfig:
              f"--scale_factor_step_size must be >= 0 (0: uniform), got {self.scale_factor_step_size}")
         need(self.recompute_cheap_ops in RECOMPUTE_CHEAP_OPS,
              f"--recompute_cheap_ops={self.recompute_cheap_ops!r}: choose one of {list(RECOMPUTE_CHEAP_OPS)}")
+        need(self.recompute_cheap_ops != "on" or self.supernet == "fused",
+             "--recompute_cheap_ops=on applies to --supernet=fused only (the reference supernet keeps "
+             "every tensor)")
         need(self.mixed_precision in MIXED_PRECISION,
              f"--mixed_precision={self.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
         need(self.mixed_precision == "none" or self.supernet == "fused",
@@ -131,6 +134,7 @@ class SearchConfig:
                   "2x (DeepLab uses 32k+1 crops such as 65, 129, 321)", flush=True)
 
 
+# --recompute_cheap_ops -> SupernetConfig.recompute_cheap_ops (None: on for 16-bit compute).
 RECOMPUTE_CHEAP_OPS = {"auto": None, "on": True, "off": False}
 # --mixed_precision -> the supernet's compute dtype. Everything else stays float32: the master weights,
 # alpha/beta and their softmaxes, the logits and the loss, the BN statistics and both optimizers; so a
@@ -139,11 +143,12 @@ MIXED_PRECISION = precision.COMPUTE_DTYPE
 # A float16 search skips overflowing steps (dynamic loss scaling); this many in a row stop it.
 MAX_CONSECUTIVE_OVERFLOWS = 50
 
-# Settings that must not change when a search resumes (not the precision: see MIXED_PRECISION).
 # Below these a search returns (close to) its prior: warned about at the start (issue: "say how decided").
 MIN_STEPS_PER_EPOCH = 5
 MIN_ARCH_STEPS = 100
 
+# Settings that must not change when a search resumes (not the precision, see MIXED_PRECISION, nor
+# --recompute_cheap_ops: neither changes what is computed, only how).
 _RESUME_KEYS = ("epochs", "steps_per_epoch", "crop_size", "batch_size", "filter_multiplier", "num_layers",
                 "num_blocks", "num_levels", "seed", "split_seed", "dataset", "arch_start_epoch",
                 "min_scale_factor", "max_scale_factor", "scale_factor_step_size", "supernet")
@@ -475,12 +480,13 @@ class Searcher:
             else tf.summary.create_noop_writer()
         start = int(self.step.numpy())
         spe = self.steps_per_epoch
+        cheap = cfg.supernet == "fused" and self.net.config.recomputes_cheap_ops
         log(f"search: {self.total_steps} steps ({cfg.epochs} epochs x {spe}), alpha/beta from epoch "
             f"{cfg.arch_start_epoch}, crop {cfg.crop_size}, global batch {cfg.batch_size} on "
             f"{self.num_replicas} replica(s), L={cfg.num_layers} B={cfg.num_blocks} F={cfg.filter_multiplier}, "
             f"{self.net.parameter_count():,} supernet weights, computing in "
             f"{MIXED_PRECISION[cfg.mixed_precision]}"
-            f"{', cheap ops recomputed' if getattr(self.net.config, 'recomputes_cheap_ops', False) else ''}; "
+            f"{', cheap ops recomputed' if cheap else ''}; "
             f"build {self.timings['build_s']:.1f} s")
         self._warn_if_too_short()
         self._record_arch_start(start)
