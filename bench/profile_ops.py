@@ -75,14 +75,10 @@ def make_step(what: str, size: int, policy: str):
 
     from nas_deeplab import architecture  # noqa: PLC0415
     from nas_deeplab.model import deeplab  # noqa: PLC0415
-    from nas_deeplab.training import losses  # noqa: PLC0415
+    from nas_deeplab.training import losses, precision  # noqa: PLC0415
     opts = deeplab.ModelOptions(num_classes=19, aspp_with_separable_conv=False, decoder_use_separable_conv=False)
-    previous = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy("float32" if policy == "none" else policy)
-    try:
+    with precision.keras_policy("float32" if policy == "none" else policy):
         model = deeplab.build_deeplab(architecture.preset("auto_deeplab_s"), opts)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
     if what == "serve":
         x = tf.random.uniform([1, size, size, 3], 0, 255)
         forward = tf.function(lambda t: tf.cast(model(t, training=False), tf.float32))

@@ -294,22 +294,18 @@ def serving_model(model, arch, num_classes: int, structure: dict[str, Any], prec
     (weights stored in 16 bits; the kernels are folded in float64 from the float32 values and rounded
     once), without it the mixed one (float32 weights, cast at each call), so the BN statistics are
     not rounded to 16 bits. The logits layer computes in float32 under either (heads.Logits)."""
-    import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     from nas_deeplab.export import bn_folding  # noqa: PLC0415
+    from nas_deeplab.training import precision as precision_lib  # noqa: PLC0415
     if precision not in PRECISIONS:
         raise ExportError(f"--precision={precision!r}: choose one of {list(PRECISIONS)}")
     values = bn_folding.folded_values(model) if fold else None
     if precision == "float32":
         return model, (bn_folding.apply(model, values) if fold else 0)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision if fold else f"mixed_{precision}")
-    try:
+    with precision_lib.keras_policy(precision if fold else f"mixed_{precision}"):
         target, _ = build_model(arch, num_classes, structure)
-    finally:
-        keras.config.set_dtype_policy(previous)
     source = {v.path: v for v in model.variables}
     if len(source) != len(model.variables) or set(source) != {v.path for v in target.variables}:
         raise ExportError(f"--precision={precision}: the {precision} model's variables differ from the "

@@ -33,9 +33,17 @@ def check_trainable_here(name: str) -> None:
 def policy(name: str):
     """Build Keras layers under `name` ("none" = float32); the previous global policy comes back after."""
     validate(name)
-    previous = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy("float32" if name == "none" else name)
+    with keras_policy("float32" if name == "none" else name):
+        yield
+
+
+@contextlib.contextmanager
+def keras_policy(name: str):
+    """Build Keras layers under any Keras dtype policy (also the pure "bfloat16" / "float16" a 16-bit
+    export uses); the previous global policy comes back after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
-        keras.mixed_precision.set_dtype_policy(previous)
+        keras.config.set_dtype_policy(previous)
