@@ -48,10 +48,11 @@ flags.DEFINE_enum("export_format", "saved_model", ["saved_model", "official_chec
 flags.DEFINE_enum("tflite_quantization", "none", ["none", "float16", "int8"],
                   "TFLite weights: float32 (none), float16, or full-integer int8 calibrated on "
                   "--representative_split.")
-flags.DEFINE_string("representative_split", None, "int8 TFLite: the split of the run's data set (or "
-                    "--dataset/--dataset_dir) whose images calibrate the integer ranges, e.g. train.")
-flags.DEFINE_integer("representative_examples", 100, "int8 TFLite: calibration images drawn from "
-                     "--representative_split.")
+flags.DEFINE_string("representative_split", None, "int8 TFLite and --weight_rounding=mean_preserving: "
+                    "the split of the run's data set (or --dataset/--dataset_dir) whose images "
+                    "calibrate, e.g. train.")
+flags.DEFINE_integer("representative_examples", 100, "Calibration images drawn from "
+                     "--representative_split (int8 TFLite; --weight_rounding, where 8-16 are enough).")
 flags.DEFINE_boolean("tflite_allow_select_tf_ops", False, "TFLite: allow TF select ops for ops the "
                      "TFLite runtime lacks (the app then needs the Flex delegate); they are listed.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],
@@ -66,6 +67,12 @@ flags.DEFINE_boolean("fold_batch_norm", None, "SavedModel: fold every inference 
                      "before it (scaled kernel + bias) and remove it from the graph. Default: on for "
                      "16-bit --precision (TF does not fuse 16-bit conv + BN itself), off for float32 "
                      "(TF's remapper already runs conv + BN as one fused kernel).")
+flags.DEFINE_enum("weight_rounding", "nearest", ["nearest", "mean_preserving"],
+                  "16-bit --precision: how the weights are rounded. nearest: each to its nearest 16-bit "
+                  "value. mean_preserving: per output channel, some weights go to their other neighbour "
+                  "so that the channel's mean output does not shift (input means from a calibration "
+                  "pass over --representative_examples images of --representative_split, default "
+                  "train); keeps a trained model's labels closer to float32 (README, Precision).")
 flags.DEFINE_integer("num_classes", None, "Number of classes when neither --dataset nor the checkpoint "
                      "says.")
 flags.DEFINE_multi_string("inference_scales", ["1.0"], "Image scales folded into the SavedModel "
@@ -114,7 +121,7 @@ def config_from_flags(fv=FLAGS):
         overwrite=fv.overwrite, allow_random_init=fv.allow_random_init,
         allow_unpublished_architecture=fv.allow_unpublished_architecture,
         precise_bn_batches=fv.precise_bn_batches, precise_bn_batch_size=fv.precise_bn_batch_size,
-        precision=fv.precision, fold_batch_norm=fv.fold_batch_norm)
+        precision=fv.precision, fold_batch_norm=fv.fold_batch_norm, weight_rounding=fv.weight_rounding)
 
 
 def main(argv):

@@ -14,7 +14,9 @@ divided by r_i, r_i = 2**u, u ~ U(0, 1); no nonlinearity sits between the two, s
 is unchanged, and the script refuses a draw whose float32 labels moved) and so re-rounds the depthwise
 kernels, the depthwise outputs and the pointwise kernels to 16 bits. The spread over draws is how much
 of one export's mIoU change is which way its rounding happened to fall; the other convs keep their
-rounding, so the spread is a lower bound. Draw 0 is the model as trained.
+rounding, so the spread is a lower bound. Draw 0 is the model as trained. A variant may name the
+weight rounding (`bfloat16:fold:mean_preserving`, calibrated on --calibration_examples training
+images, as `export.py --weight_rounding` does).
 Writes <output_json> (default: <checkpoint_path>/export_precision_agreement.json).
 """
 
@@ -31,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-VARIANTS = ("bfloat16:fold", "bfloat16:nofold", "float16:fold", "float16:nofold")
+FORMS = ("bfloat16:fold", "bfloat16:nofold", "float16:fold", "float16:nofold")
+ROUNDINGS = ("nearest", "mean_preserving")
 
 
 def define_flags() -> None:
@@ -39,8 +42,11 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint_path", None, "Training run folder or checkpoint prefix.", required=True)
     flags.DEFINE_string("dataset", None, "Data set (default: the run's).")
     flags.DEFINE_string("dataset_dir", None, "Its folder (built-in sets need none).")
-    flags.DEFINE_list("variants", ["bfloat16:fold", "bfloat16:nofold", "float16:fold"],
-                      f"precision:fold|nofold, any of {list(VARIANTS)}.")
+    flags.DEFINE_list("variants", ["bfloat16:fold", "bfloat16:fold:mean_preserving", "float16:fold"],
+                      f"precision:fold|nofold[:rounding], precision:fold|nofold any of {list(FORMS)}, "
+                      f"rounding (export.py --weight_rounding) one of {list(ROUNDINGS)}, default nearest.")
+    flags.DEFINE_integer("calibration_examples", 8, "Training images that calibrate mean_preserving.",
+                         lower_bound=1)
     flags.DEFINE_integer("draws", 8, "Rounding draws (1: the model as trained only).", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Seed of the draws.")
     flags.DEFINE_string("output_json", None, "Report file.")
@@ -104,8 +110,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     for v in FLAGS.variants:
-        if v not in VARIANTS:
-            raise app.UsageError(f"--variants: {v!r} is not one of {list(VARIANTS)}")
+        form, _, how = v.rpartition(":") if v.count(":") == 2 else (v, "", "nearest")
+        if form not in FORMS or how not in ROUNDINGS:
+            raise app.UsageError(f"--variants: {v!r} is not precision:fold|nofold[:rounding] with the form one "
+                                 f"of {list(FORMS)} and the rounding one of {list(ROUNDINGS)}")
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -133,6 +141,9 @@ def main(argv):
     data = [(e["image"], e["label"][0, :, :, 0].numpy(), int(e["height"][0]), int(e["width"][0]))
             for e in make_dataset(ddir, "val", desc, batch_size=1, is_training=False, eval_pad_stride=32)]
     truths = [lab[:h, :w] for _, lab, h, w in data]
+    calibration = [e["image"] for e, _ in zip(
+        make_dataset(ddir, "train", desc, batch_size=1, is_training=False, eval_pad_stride=32),
+        range(FLAGS.calibration_examples))]
 
     def labels(m):
         # Unknown H, W as in the SavedModel signatures (TF's remapper then fuses as it does there).
@@ -160,13 +171,14 @@ def main(argv):
             if moved:
                 raise RuntimeError(f"draw {draw}: the re-parameterised float32 model changed {moved} labels")
         for variant in FLAGS.variants:
-            precision, fold = variant.split(":")
+            precision, fold, how = (variant.split(":") + ["nearest"])[:3]
             rec = {"variant": variant, "draw": draw}
             try:
-                target, folded = exporter.serving_model(model, arch, nc, structure, precision, fold == "fold")
+                target, folded = exporter.serving_model(model, arch, nc, structure, precision, fold == "fold",
+                                                        how, calibration)
             except exporter.ExportError as e:
                 rec["refused"] = str(e)
-                print(f"draw {draw} {variant:16s} refused: {e}", flush=True)
+                print(f"draw {draw} {variant:30s} refused: {e}", flush=True)
                 records.append(rec)
                 continue
             preds = labels(target)
@@ -174,7 +186,7 @@ def main(argv):
             rec.update(k, batch_norm_folded=folded, equal_fraction=k["equal"] / k["pixels"],
                        miou_change=miou(preds) - miou32)
             records.append(rec)
-            print(f"draw {draw} {variant:16s} equal {100 * rec['equal_fraction']:.3f}%  mIoU change "
+            print(f"draw {draw} {variant:30s} equal {100 * rec['equal_fraction']:.3f}%  mIoU change "
                   f"{100 * rec['miou_change']:+.3f}  (right->wrong {k['right_to_wrong']}, wrong->right "
                   f"{k['wrong_to_right']})", flush=True)
     summary = summarize(records)
@@ -187,9 +199,9 @@ def main(argv):
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     for name, s in summary.items():
         if not s["draws"]:
-            print(f"{name:16s} refused: {s['refused']}")
+            print(f"{name:30s} refused: {s['refused']}")
             continue
-        print(f"{name:16s} {s['draws']} draws: equal >= {s['equal_pct_min']:.3f}%, mIoU change "
+        print(f"{name:30s} {s['draws']} draws: equal >= {s['equal_pct_min']:.3f}%, mIoU change "
               f"{s['miou_change_mean']:+.3f} +- {s['miou_change_std']:.3f} points "
               f"(from {s['miou_change_min']:+.3f} to {s['miou_change_max']:+.3f})")
     print(f"written: {out}")

@@ -75,6 +75,7 @@ class ExportConfig:
     tflite_allow_select_tf_ops: bool = False
     precision: str = "float32"                    # float32 | bfloat16 | float16 (SavedModels)
     fold_batch_norm: bool | None = None           # None: fold for 16-bit precisions only
+    weight_rounding: str = "nearest"              # nearest | mean_preserving (16-bit; export/rounding.py)
 
 
 @dataclasses.dataclass
@@ -89,6 +90,7 @@ class ExportResult:
     format_result: Any = None     # tflite: the TFLiteResult (size, quantization, ops left in float)
     precision: str = "float32"    # the type the exported SavedModel computes in
     batch_norm_folded: int = 0    # BNs folded into the conv before them (0: not folded)
+    weight_rounding: str = "nearest"   # how the 16-bit weights were rounded (export/rounding.py)
 
 
 # -- deciding what the model is --------------------------------------------------------------------
@@ -286,21 +288,32 @@ def folds_batch_norm(cfg: ExportConfig) -> bool:
 
 
 def serving_model(model, arch, num_classes: int, structure: dict[str, Any], precision: str = "float32",
-                  fold: bool = False):
+                  fold: bool = False, weight_rounding: str = "nearest", calibration_images=None):
     """(model to export, number of BNs folded) for a restored float32 `model`.
 
     float32: `model` itself, its BNs folded in place when `fold`. 16-bit: a copy built under the Keras
     dtype policy of that type, the float32 weights cast into it: with `fold`, the pure policy
     (weights stored in 16 bits; the kernels are folded in float64 from the float32 values and rounded
     once), without it the mixed one (float32 weights, cast at each call), so the BN statistics are
-    not rounded to 16 bits. The logits layer computes in float32 under either (heads.Logits)."""
+    not rounded to 16 bits. The logits layer computes in float32 under either (heads.Logits).
+    `weight_rounding="mean_preserving"` (16-bit only) rounds the kernels and folded biases so that no
+    output channel's mean shifts (export/rounding.py), calibrated on `calibration_images` (float32
+    [1, H, W, 3] batches of raw 0..255 pixels)."""
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from nas_deeplab.export import bn_folding  # noqa: PLC0415
+    from nas_deeplab.export import bn_folding, rounding  # noqa: PLC0415
     from nas_deeplab.training import precision as precision_lib  # noqa: PLC0415
     if precision not in PRECISIONS:
         raise ExportError(f"--precision={precision!r}: choose one of {list(PRECISIONS)}")
+    if weight_rounding not in rounding.ROUNDINGS:
+        raise ExportError(f"--weight_rounding={weight_rounding!r}: choose one of {list(rounding.ROUNDINGS)}")
+    if weight_rounding != "nearest" and precision == "float32":
+        raise ExportError(f"--weight_rounding={weight_rounding} applies to 16-bit --precision only "
+                          "(float32 weights are not rounded)")
+    if weight_rounding != "nearest" and not calibration_images:
+        raise ExportError(f"--weight_rounding={weight_rounding} needs calibration images "
+                          "(--representative_split, --representative_examples)")
     values = bn_folding.folded_values(model) if fold else None
     if precision == "float32":
         return model, (bn_folding.apply(model, values) if fold else 0)
@@ -313,6 +326,11 @@ def serving_model(model, arch, num_classes: int, structure: dict[str, Any], prec
     for v in target.variables:
         v.assign(tf.cast(source[v.path], v.dtype))
     n = bn_folding.apply(target, values) if fold else 0
+    if weight_rounding == "mean_preserving":
+        means = rounding.input_means(model, calibration_images)
+        by_path = {v.path: v for v in target.variables}
+        for path, value in rounding.mean_preserving_values(model, means, precision, values).items():
+            by_path[path].assign(tf.cast(value, by_path[path].dtype))   # exact: representable
     for v in target.variables:
         if v.dtype in ("float16", "bfloat16") and not np.isfinite(np.asarray(v.numpy(), np.float32)).all():
             raise ExportError(f"--precision={precision}: {v.path} has values outside the {precision} "
@@ -399,8 +417,11 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     extra = None
     folded = 0
     if cfg.export_format in PRECISION_FORMATS:
+        calibration = None
+        if cfg.weight_rounding != "nearest":
+            calibration = _calibration_images(cfg, prefix, descriptor)
         model, folded = serving_model(model, arch, num_classes, structure, cfg.precision,
-                                      folds_batch_norm(cfg))
+                                      folds_batch_norm(cfg), cfg.weight_rounding, calibration)
     if cfg.export_format == "keras":
         from nas_deeplab.export.keras_format import save_keras
         path = save_keras(model, cfg.export_path, overwrite=cfg.overwrite)
@@ -409,7 +430,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         path = export_features_model(model, cfg.export_path, overwrite=cfg.overwrite,
                                      metadata={"source.json": source,
                                                "dataset.json": _dataset_asset(descriptor, num_classes)},
-                                     precision=cfg.precision, batch_norm_folded=folded)
+                                     precision=cfg.precision, batch_norm_folded=folded,
+                                     weight_rounding=cfg.weight_rounding)
     elif cfg.export_format == "tflite":
         from nas_deeplab.export import tflite
         representative = None
@@ -433,7 +455,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                                      inference_scales=cfg.inference_scales,
                                      add_flipped_images=cfg.add_flipped_images, crop_size=cfg.crop_size,
                                      overwrite=cfg.overwrite, precision=cfg.precision,
-                                     batch_norm_folded=folded)
+                                     batch_norm_folded=folded, weight_rounding=cfg.weight_rounding)
     else:
         from nas_deeplab.official.names import official_variable_map
         step = None
@@ -453,7 +475,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
                 f.write(official_flags(arch, options))
         path = os.path.abspath(cfg.export_path)
     return ExportResult(path, cfg.export_format, arch, num_classes, info, model, arch_source, extra,
-                        cfg.precision if cfg.export_format in PRECISION_FORMATS else "float32", folded)
+                        cfg.precision if cfg.export_format in PRECISION_FORMATS else "float32", folded,
+                        cfg.weight_rounding)
 
 
 _PRECISION_HINTS = {"official_checkpoint": "checkpoints stay float32",
@@ -474,13 +497,26 @@ def _check_format_flags(cfg: ExportConfig) -> None:
         if cfg.fold_batch_norm:
             raise ExportError("--fold_batch_norm applies to --export_format=saved_model|features only (got "
                               f"--export_format={cfg.export_format})")
+        if cfg.weight_rounding != "nearest":
+            raise ExportError(f"--weight_rounding={cfg.weight_rounding} applies to --export_format="
+                              f"saved_model|features only (got --export_format={cfg.export_format})")
+    elif cfg.weight_rounding not in ("nearest", "mean_preserving"):
+        raise ExportError(f"--weight_rounding={cfg.weight_rounding!r}: choose nearest or mean_preserving")
+    elif cfg.weight_rounding != "nearest" and cfg.precision == "float32":
+        raise ExportError(f"--weight_rounding={cfg.weight_rounding} applies to 16-bit --precision only "
+                          "(float32 weights are not rounded)")
     if cfg.export_format == "keras":
         from nas_deeplab.export.keras_format import check_keras_path
         check_keras_path(cfg.export_path)
     if cfg.export_format != "tflite":
-        if cfg.tflite_quantization != "none" or cfg.representative_split:
-            raise ExportError("--tflite_quantization / --representative_split apply to --export_format=tflite "
+        if cfg.tflite_quantization != "none":
+            raise ExportError("--tflite_quantization applies to --export_format=tflite "
                               f"only (got --export_format={cfg.export_format})")
+        if cfg.representative_split and cfg.weight_rounding == "nearest":
+            raise ExportError("--representative_split applies to --export_format=tflite (int8) and to "
+                              f"--weight_rounding=mean_preserving only (got --export_format={cfg.export_format})")
+        if cfg.representative_examples < 1:
+            raise ExportError(f"--representative_examples must be >= 1, got {cfg.representative_examples}")
         return
     from nas_deeplab.export import tflite
     tflite.check_crop_size(cfg.crop_size)
@@ -505,6 +541,24 @@ def _calibration_data(cfg: ExportConfig, prefix: str | None, descriptor):
         raise ExportError(f"--representative_split={cfg.representative_split}: {calib_descriptor.name} has the "
                           f"splits {sorted(calib_descriptor.splits_to_sizes)}")
     return calib_descriptor, calib_dir
+
+
+def _calibration_images(cfg: ExportConfig, prefix: str | None, descriptor) -> list:
+    """--weight_rounding calibration: the first --representative_examples images of
+    --representative_split (default train), preprocessed as for evaluation (full size, padded to 32k+1
+    as the serving graph pads), float32 [1, H, W, 3]."""
+    from nas_deeplab.data.pipeline import make_dataset
+    if not cfg.representative_split:
+        cfg = dataclasses.replace(cfg, representative_split="train")
+    calib_descriptor, calib_dir = _calibration_data(cfg, prefix, descriptor)
+    ds = make_dataset(calib_dir, cfg.representative_split, calib_descriptor, batch_size=1,
+                      is_training=False, eval_pad_stride=sm.SIZE_MULTIPLE)
+    images = [e["image"] for e, _ in zip(ds, range(cfg.representative_examples))]
+    if not images:
+        raise ExportError(f"--representative_split={cfg.representative_split}: no records in {calib_dir}")
+    log.info("weight rounding (%s) calibrated on %d images of %s/%s", cfg.weight_rounding, len(images),
+             calib_descriptor.name, cfg.representative_split)
+    return images
 
 
 def _precise_bn(cfg: ExportConfig, prefix, kind) -> str:
@@ -562,7 +616,9 @@ def describe(result: ExportResult) -> str:
     if result.export_format in PRECISION_FORMATS:
         out.append(f"  computes in {result.precision}" + (
             f", {result.batch_norm_folded} batch norms folded into the convs before them"
-            if result.batch_norm_folded else ""))
+            if result.batch_norm_folded else "") + (
+            f", weights rounded {result.weight_rounding.replace('_', '-')}"
+            if result.precision != "float32" else ""))
     if result.export_format == "saved_model":
         out.append(f"  serve: signature '{sm.SIGNATURE_KEY}', input {sm.INPUT_NAME} uint8 [N,H,W,3]; "
                    f"outputs {sm.PREDICTIONS}, {sm.PROBABILITIES}; signature '{sm.LABELS_SIGNATURE_KEY}': "

@@ -70,15 +70,16 @@ class FeaturesServer(tf.Module):
 
 def export_features_model(model, export_path: str, overwrite: bool = False,
                           metadata: dict | None = None, precision: str = "float32",
-                          batch_norm_folded: int = 0) -> str:
+                          batch_norm_folded: int = 0, weight_rounding: str = "nearest") -> str:
     """Write the features SavedModel of `model` (DeepLab, AutoDeepLabBackbone or HNASNet layer).
     Written into a temporary folder renamed into place; a non-empty `export_path` is refused
-    unless `overwrite`. `metadata`: more asset files {name: text or JSON-able}. `precision` and
-    `batch_norm_folded` describe the model (exporter.serving_model) in features_info.json; the
+    unless `overwrite`. `metadata`: more asset files {name: text or JSON-able}. `precision`,
+    `batch_norm_folded` and `weight_rounding` describe the model (exporter.serving_model) in features_info.json; the
     outputs are float32 whatever it computes in."""
     hnasnet = _backbone_layer(model)
     info = {"format": "nas_deeplab.features_model", "version": 1, "signature": SIGNATURE_KEY,
             "precision": str(precision), "batch_norm_folded": int(batch_norm_folded),
+            "weight_rounding": str(weight_rounding),
             "input": {INPUT_NAME: "uint8 [N, H, W, 3], any H, W (raw RGB pixels, not padded)"},
             "outputs": output_layout(hnasnet),
             "pyramid_rule": "P<k> = stride 2**k: the decoder end point finer than the deepest "

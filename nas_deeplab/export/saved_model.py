@@ -177,10 +177,12 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
                        metadata: Mapping[str, object] | None = None,
                        inference_scales: Sequence[float] = (1.0,), add_flipped_images: bool = False,
                        crop_size: Sequence[int] | None = None, overwrite: bool = False,
-                       precision: str = "float32", batch_norm_folded: int = 0) -> str:
+                       precision: str = "float32", batch_norm_folded: int = 0,
+                       weight_rounding: str = "nearest") -> str:
     """Write the serving SavedModel of `model` (raw 0..255 float images -> logits at input size).
 
-    `precision` / `batch_norm_folded` describe `model` (exporter.serving_model) for export_info.json;
+    `precision` / `batch_norm_folded` / `weight_rounding` describe `model` (exporter.serving_model) for
+    export_info.json;
     the variables of folded BNs that the graph no longer reads are left out.
 
     `metadata` maps asset file names to text or JSON-able objects (e.g. 'architecture.json').
@@ -201,7 +203,8 @@ def export_saved_model(model, export_path: str, num_classes: int | None = None,
         "add_flipped_images": bool(add_flipped_images),
         "crop_size": None if crop_size is None else [int(c) for c in crop_size],
         "pad_value": PAD_VALUE, "pad_to": "crop_size" if crop_size else f"{SIZE_MULTIPLE}k+1",
-        "precision": str(precision), "batch_norm_folded": int(batch_norm_folded)})
+        "precision": str(precision), "batch_norm_folded": int(batch_norm_folded),
+        "weight_rounding": str(weight_rounding)})
     unused = ()
     if batch_norm_folded:
         from nas_deeplab.export.bn_folding import unused_variables  # noqa: PLC0415

@@ -12,6 +12,8 @@ Every conv-like layer records the static shapes of its last call (`last_input_sh
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -147,6 +149,20 @@ class Composite(keras.layers.Layer):
             return cls(**config)
 
 
+_INPUT_OBSERVERS = []
+
+
+@contextlib.contextmanager
+def observe_inputs(observer):
+    """Within the block, every conv layer call runs observer(layer, inputs) first (export calibration,
+    export/rounding.py; eager calls see the values, traced ones symbolic tensors)."""
+    _INPUT_OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        _INPUT_OBSERVERS.remove(observer)
+
+
 class _Recorded(keras.layers.Layer):
     """Remembers the static shapes of the last call (for multiply-add counting).
 
@@ -165,6 +181,8 @@ class _Recorded(keras.layers.Layer):
     last_output_shape = None
 
     def _record(self, x, y):
+        for observer in _INPUT_OBSERVERS:
+            observer(self, x)
         # object.__setattr__: plain Python attributes, invisible to Keras/TF object tracking.
         object.__setattr__(self, "last_input_shape", tuple(x.shape))
         object.__setattr__(self, "last_output_shape", tuple(y.shape))

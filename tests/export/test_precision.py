@@ -291,6 +291,32 @@ def test_float16_and_unfolded_bfloat16_exports_serve(trained, exports, tmp_path)
     assert {v.dtype for v in nofold.model_variables} <= {tf.float32, tf.int64}
 
 
+def test_mean_preserving_export_is_recorded_and_serves_like_float32(trained, exports, tmp_path):
+    """--weight_rounding=mean_preserving: calibrated on the run's training images, recorded in
+    export_info.json and the summary, other 16-bit weights than the nearest-rounded export's, labels
+    within 1% of float32 (tests/export/test_rounding.py checks the values themselves)."""
+    run, _ = trained
+    result = exporter.run_export(exporter.ExportConfig(
+        export_path=str(tmp_path / "mp"), checkpoint_path=run, precision="bfloat16",
+        weight_rounding="mean_preserving", representative_examples=2))
+    info = json.loads(sm.read_asset(result.path, "export_info.json"))
+    assert (info["precision"], info["weight_rounding"]) == ("bfloat16", "mean_preserving")
+    assert "weights rounded mean-preserving" in exporter.describe(result)
+    assert json.loads(sm.read_asset(exports["bfloat16"].path, "export_info.json"))["weight_rounding"] == "nearest"
+    near = {v.path: v.numpy() for v in exports["bfloat16"].model.variables}
+    changed = 0
+    for v in result.model.variables:
+        if v.dtype == "bfloat16" and v.path in near:
+            assert v.numpy().shape == near[v.path].shape
+            changed += int((v.numpy() != near[v.path]).sum())
+    assert changed > 0
+    images = tf.constant(_images(1, 33, 40, seed=2))
+    sigs = {k: tf.saved_model.load(p).signatures[sm.LABELS_SIGNATURE_KEY]
+            for k, p in (("f32", exports["float32"].path), ("mp", result.path))}
+    labels = {k: s(ImageTensor=images)[sm.PREDICTIONS].numpy() for k, s in sigs.items()}
+    assert (labels["mp"] == labels["f32"]).mean() >= 0.99
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,path,kw,match", [
@@ -299,6 +325,12 @@ def test_float16_and_unfolded_bfloat16_exports_serve(trained, exports, tmp_path)
     ("official_checkpoint", "ckpt", dict(precision="bfloat16"), r"--precision=bfloat16 .*checkpoints stay float32"),
     ("keras", "m.keras", dict(fold_batch_norm=True), r"--fold_batch_norm applies to"),
     ("saved_model", "sm", dict(precision="float64"), r"--precision='float64': choose one of"),
+    ("saved_model", "sm", dict(weight_rounding="mean_preserving"), r"--weight_rounding=mean_preserving applies to 16-bit"),
+    ("tflite", "m.tflite", dict(weight_rounding="mean_preserving", crop_size=(33, 33)),
+     r"--weight_rounding=mean_preserving applies to --export_format=saved_model\|features"),
+    ("saved_model", "sm", dict(precision="bfloat16", weight_rounding="stochastic"), r"--weight_rounding='stochastic'"),
+    ("saved_model", "sm", dict(precision="bfloat16", representative_split="train"),
+     r"--representative_split applies to --export_format=tflite \(int8\) and to --weight_rounding"),
 ])
 def test_unsupported_combinations_are_refused_naming_the_flag(tmp_path, fmt, path, kw, match):
     cfg = exporter.ExportConfig(export_path=str(tmp_path / path), export_format=fmt, allow_random_init=True, **kw)
