@@ -329,7 +329,8 @@ def serving_model(model, arch, num_classes: int, structure: dict[str, Any], prec
     if weight_rounding == "mean_preserving":
         means = rounding.input_means(model, calibration_images)
         by_path = {v.path: v for v in target.variables}
-        for path, value in rounding.mean_preserving_values(model, means, precision, values).items():
+        skip = rounding.float32_conv_layers(target)
+        for path, value in rounding.mean_preserving_values(model, means, precision, values, skip).items():
             by_path[path].assign(tf.cast(value, by_path[path].dtype))   # exact: representable
     for v in target.variables:
         if v.dtype in ("float16", "bfloat16") and not np.isfinite(np.asarray(v.numpy(), np.float32)).all():

@@ -120,10 +120,11 @@ def input_means(model, images) -> dict:
     return {path: {k: v[0] / v[1] for k, v in subs.items()} for path, subs in sums.items()}
 
 
-def mean_preserving_values(model, means: dict, precision: str, folded=None) -> dict:
+def mean_preserving_values(model, means: dict, precision: str, folded=None, float32_layers=()) -> dict:
     """{variable path: float32 value representable in `precision`} for every conv kernel of the float32
-    `model` that computes in 16 bits, and each folded bias (`folded`: bn_folding.FoldedValues or None;
-    its kernels replace the model's). Layers whose inputs the calibration never saw are refused."""
+    `model` and each folded bias (`folded`: bn_folding.FoldedValues or None; its kernels replace the
+    model's), except the layers named in `float32_layers` (those the 16-bit copy computes in float32,
+    e.g. the logits). Layers whose inputs the calibration never saw are refused."""
     from nas_deeplab.export import bn_folding  # noqa: PLC0415
     pairs = {p.kernel.path: p for p in bn_folding.conv_bn_pairs(model)} if folded is not None else {}
     out = {}
@@ -149,8 +150,8 @@ def mean_preserving_values(model, means: dict, precision: str, folded=None) -> d
     for layer in model._flatten_layers(include_self=False, recursive=True):  # noqa: SLF001
         if not isinstance(layer, (layers.Conv2D, layers.SeparableConv2D, layers.DepthwiseConv2D)):
             continue
-        if isinstance(layer, layers.Conv2D) and layer.use_bias:
-            continue   # the logits layer: float32 in every export (heads.Logits)
+        if layer.path in float32_layers:
+            continue
         if layer.path not in means:
             raise ValueError(f"{layer.path}: the calibration images never reached this layer")
         m = means[layer.path]
@@ -166,3 +167,10 @@ def mean_preserving_values(model, means: dict, precision: str, folded=None) -> d
             q, qb = balance(k.reshape(-1, k.shape[3]), m["taps"].reshape(-1, 1), precision, b)
             put(layer.kernel, q.reshape(k.shape), qb, bp)
     return out
+
+
+def float32_conv_layers(model) -> set:
+    """Paths of the conv layers of `model` (a 16-bit copy) that compute in float32 (heads.Logits)."""
+    return {l.path for l in model._flatten_layers(include_self=False, recursive=True)  # noqa: SLF001
+            if isinstance(l, (layers.Conv2D, layers.SeparableConv2D, layers.DepthwiseConv2D))
+            and l.compute_dtype == "float32"}
