@@ -51,8 +51,8 @@ flags.DEFINE_enum("tflite_quantization", "none", ["none", "float16", "int8"],
 flags.DEFINE_string("representative_split", None, "int8 TFLite and --weight_rounding=mean_preserving: "
                     "the split of the run's data set (or --dataset/--dataset_dir) whose images "
                     "calibrate, e.g. train.")
-flags.DEFINE_integer("representative_examples", 100, "Calibration images drawn from "
-                     "--representative_split (int8 TFLite; --weight_rounding, where 8-16 are enough).")
+flags.DEFINE_integer("representative_examples", None, "Calibration images drawn from "
+                     "--representative_split (default: 100 for int8 TFLite, 8 for --weight_rounding).")
 flags.DEFINE_boolean("tflite_allow_select_tf_ops", False, "TFLite: allow TF select ops for ops the "
                      "TFLite runtime lacks (the app then needs the Flex delegate); they are listed.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"],

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 FORMATS = ("saved_model", "official_checkpoint", "keras", "features", "tflite")
 # --precision: the type the SavedModel computes in (its inputs and outputs keep their dtypes).
 PRECISIONS = ("float32", "bfloat16", "float16")
+# Default calibration set sizes (--representative_examples): int8 ranges need many images; the
+# per-tap input means of --weight_rounding are averages and settle within a few (the README's
+# figures used 8).
+TFLITE_CALIBRATION_EXAMPLES = 100
+ROUNDING_CALIBRATION_EXAMPLES = 8
 PRECISION_FORMATS = ("saved_model", "features")   # the formats --precision / --fold_batch_norm apply to
 SINGLE_FILE_FORMATS = ("keras", "tflite")   # --export_path is the file itself
 OFFICIAL_PREFIX_NAME = "model.ckpt"
@@ -71,7 +76,7 @@ class ExportConfig:
     dataset_dir: str | None = None                # int8 TFLite calibration data (default: the run's)
     tflite_quantization: str = "none"             # none | float16 | int8 (export/tflite.py)
     representative_split: str | None = None       # int8: the split its calibration images come from
-    representative_examples: int = 100
+    representative_examples: int | None = None    # None: 100 for int8 TFLite, 8 for --weight_rounding
     tflite_allow_select_tf_ops: bool = False
     precision: str = "float32"                    # float32 | bfloat16 | float16 (SavedModels)
     fold_batch_norm: bool | None = None           # None: fold for 16-bit precisions only
@@ -439,7 +444,8 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         if cfg.tflite_quantization == "int8":
             rep_descriptor, rep_dir = _calibration_data(cfg, prefix, descriptor)
             representative = tflite.representative_images_from_split(
-                rep_dir, cfg.representative_split, rep_descriptor, cfg.crop_size, cfg.representative_examples)
+                rep_dir, cfg.representative_split, rep_descriptor, cfg.crop_size,
+                cfg.representative_examples or TFLITE_CALIBRATION_EXAMPLES)
         extra = tflite.export_tflite(model, cfg.export_path, cfg.crop_size, cfg.tflite_quantization,
                                      representative, num_classes, cfg.inference_scales,
                                      cfg.add_flipped_images, cfg.tflite_allow_select_tf_ops, cfg.overwrite)
@@ -516,7 +522,7 @@ def _check_format_flags(cfg: ExportConfig) -> None:
         if cfg.representative_split and cfg.weight_rounding == "nearest":
             raise ExportError("--representative_split applies to --export_format=tflite (int8) and to "
                               f"--weight_rounding=mean_preserving only (got --export_format={cfg.export_format})")
-        if cfg.representative_examples < 1:
+        if cfg.representative_examples is not None and cfg.representative_examples < 1:
             raise ExportError(f"--representative_examples must be >= 1, got {cfg.representative_examples}")
         return
     from nas_deeplab.export import tflite
@@ -525,7 +531,7 @@ def _check_format_flags(cfg: ExportConfig) -> None:
     if cfg.tflite_quantization == "int8" and not cfg.representative_split:
         raise ExportError("--tflite_quantization=int8 needs --representative_split (e.g. train): the "
                           "converter calibrates the integer ranges on those images")
-    if cfg.representative_examples < 1:
+    if cfg.representative_examples is not None and cfg.representative_examples < 1:
         raise ExportError(f"--representative_examples must be >= 1, got {cfg.representative_examples}")
 
 
@@ -545,7 +551,7 @@ def _calibration_data(cfg: ExportConfig, prefix: str | None, descriptor):
 
 
 def _calibration_images(cfg: ExportConfig, prefix: str | None, descriptor) -> list:
-    """--weight_rounding calibration: the first --representative_examples images of
+    """--weight_rounding calibration: the first --representative_examples (default 8) images of
     --representative_split (default train), preprocessed as for evaluation (full size, padded to 32k+1
     as the serving graph pads), float32 [1, H, W, 3]."""
     from nas_deeplab.data.pipeline import make_dataset
@@ -554,7 +560,8 @@ def _calibration_images(cfg: ExportConfig, prefix: str | None, descriptor) -> li
     calib_descriptor, calib_dir = _calibration_data(cfg, prefix, descriptor)
     ds = make_dataset(calib_dir, cfg.representative_split, calib_descriptor, batch_size=1,
                       is_training=False, eval_pad_stride=sm.SIZE_MULTIPLE)
-    images = [e["image"] for e, _ in zip(ds, range(cfg.representative_examples))]
+    count = cfg.representative_examples or ROUNDING_CALIBRATION_EXAMPLES
+    images = [e["image"] for e, _ in zip(ds, range(count))]
     if not images:
         raise ExportError(f"--representative_split={cfg.representative_split}: no records in {calib_dir}")
     log.info("weight rounding (%s) calibrated on %d images of %s/%s", cfg.weight_rounding, len(images),
