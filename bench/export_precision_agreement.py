@@ -34,7 +34,6 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 FORMS = ("bfloat16:fold", "bfloat16:nofold", "float16:fold", "float16:nofold")
-ROUNDINGS = ("nearest", "mean_preserving")
 
 
 def define_flags() -> None:
@@ -44,7 +43,7 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset_dir", None, "Its folder (built-in sets need none).")
     flags.DEFINE_list("variants", ["bfloat16:fold", "bfloat16:fold:mean_preserving", "float16:fold"],
                       f"precision:fold|nofold[:rounding], precision:fold|nofold any of {list(FORMS)}, "
-                      f"rounding (export.py --weight_rounding) one of {list(ROUNDINGS)}, default nearest.")
+                      "rounding as export.py --weight_rounding (default nearest).")
     flags.DEFINE_integer("calibration_examples", 8, "Training images that calibrate mean_preserving.",
                          lower_bound=1)
     flags.DEFINE_integer("draws", 8, "Rounding draws (1: the model as trained only).", lower_bound=1)
@@ -109,6 +108,7 @@ def summarize(records: list[dict]) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from nas_deeplab.export.rounding import ROUNDINGS  # noqa: PLC0415
     for v in FLAGS.variants:
         form, _, how = v.rpartition(":") if v.count(":") == 2 else (v, "", "nearest")
         if form not in FORMS or how not in ROUNDINGS:

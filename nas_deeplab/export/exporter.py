@@ -311,11 +311,7 @@ def serving_model(model, arch, num_classes: int, structure: dict[str, Any], prec
     from nas_deeplab.training import precision as precision_lib  # noqa: PLC0415
     if precision not in PRECISIONS:
         raise ExportError(f"--precision={precision!r}: choose one of {list(PRECISIONS)}")
-    if weight_rounding not in rounding.ROUNDINGS:
-        raise ExportError(f"--weight_rounding={weight_rounding!r}: choose one of {list(rounding.ROUNDINGS)}")
-    if weight_rounding != "nearest" and precision == "float32":
-        raise ExportError(f"--weight_rounding={weight_rounding} applies to 16-bit --precision only "
-                          "(float32 weights are not rounded)")
+    _check_weight_rounding(weight_rounding, precision)
     if weight_rounding != "nearest" and not calibration_images:
         raise ExportError(f"--weight_rounding={weight_rounding} needs calibration images "
                           "(--representative_split, --representative_examples)")
@@ -507,11 +503,8 @@ def _check_format_flags(cfg: ExportConfig) -> None:
         if cfg.weight_rounding != "nearest":
             raise ExportError(f"--weight_rounding={cfg.weight_rounding} applies to --export_format="
                               f"saved_model|features only (got --export_format={cfg.export_format})")
-    elif cfg.weight_rounding not in ("nearest", "mean_preserving"):
-        raise ExportError(f"--weight_rounding={cfg.weight_rounding!r}: choose nearest or mean_preserving")
-    elif cfg.weight_rounding != "nearest" and cfg.precision == "float32":
-        raise ExportError(f"--weight_rounding={cfg.weight_rounding} applies to 16-bit --precision only "
-                          "(float32 weights are not rounded)")
+    else:
+        _check_weight_rounding(cfg.weight_rounding, cfg.precision)
     if cfg.export_format == "keras":
         from nas_deeplab.export.keras_format import check_keras_path
         check_keras_path(cfg.export_path)
@@ -533,6 +526,16 @@ def _check_format_flags(cfg: ExportConfig) -> None:
                           "converter calibrates the integer ranges on those images")
     if cfg.representative_examples is not None and cfg.representative_examples < 1:
         raise ExportError(f"--representative_examples must be >= 1, got {cfg.representative_examples}")
+
+
+def _check_weight_rounding(weight_rounding: str, precision: str) -> None:
+    """--weight_rounding is known and has 16-bit weights to round (one line naming the flag)."""
+    from nas_deeplab.export.rounding import ROUNDINGS
+    if weight_rounding not in ROUNDINGS:
+        raise ExportError(f"--weight_rounding={weight_rounding!r}: choose one of {list(ROUNDINGS)}")
+    if weight_rounding != "nearest" and precision == "float32":
+        raise ExportError(f"--weight_rounding={weight_rounding} applies to 16-bit --precision only "
+                          "(float32 weights are not rounded)")
 
 
 def _calibration_data(cfg: ExportConfig, prefix: str | None, descriptor):

@@ -10,6 +10,8 @@ from nas_deeplab.export import bn_folding, rounding
 from nas_deeplab.model import layers
 from nas_deeplab.model.deeplab import ModelOptions, build_deeplab
 
+from export_testlib import randomize
+
 
 def _all_values(precision):
     """Every finite value of the 16-bit type, sorted (float64)."""
@@ -72,12 +74,8 @@ def _small_model():
                                      (1, 0, 2, 0), (0, 1, 2, 1), 8, name="searched")
     # F=8: a pointwise kernel needs some inputs to balance over (at F=2 some have 4)
     model = build_deeplab(arch, ModelOptions(num_classes=3, aspp_convs_filters=16, decoder_filters=16))
+    randomize(model, seed=2)   # BN statistics with offsets, so the folded biases are not zero
     rng = np.random.default_rng(2)
-    for v in model.variables:   # BN statistics with offsets, so the folded biases are not zero
-        if "moving_variance" in v.path:
-            v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
-        elif "moving_mean" in v.path or "beta" in v.path:
-            v.assign(rng.normal(0, 0.3, v.shape).astype(np.float32))
     images = [tf.constant(rng.uniform(0, 255, (1, 65, 65, 3)), tf.float32) for _ in range(2)]
     return model, images
 
