@@ -98,6 +98,14 @@ def construction_policy(config: dict):
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
         yield
         return
+    with policy_scope(policy):
+        yield
+
+
+@contextlib.contextmanager
+def policy_scope(policy):
+    """Build Keras layers under `policy` (a name such as "float32" or "bfloat16", or a DTypePolicy);
+    the previous global policy comes back after."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:

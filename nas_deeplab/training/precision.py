@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 
-import keras
 import tensorflow as tf
+
+from nas_deeplab.model import serialization
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 COMPUTE_DTYPE = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
@@ -41,9 +42,5 @@ def policy(name: str):
 def keras_policy(name: str):
     """Build Keras layers under any Keras dtype policy (also the pure "bfloat16" / "float16" a 16-bit
     export uses); the previous global policy comes back after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
+    with serialization.policy_scope(name):
         yield
-    finally:
-        keras.config.set_dtype_policy(previous)
