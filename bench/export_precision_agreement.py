@@ -9,9 +9,11 @@ SavedModel gets) and labels the data set's val split next to the float32 model; 
 share of pixels whose label is unchanged and the mIoU change.
 
 Why several draws: one 16-bit model is one draw of rounding errors. Draw k > 0 re-parameterises the
-float32 model exactly (every separable conv: depthwise channel i times r_i, pointwise input row i
-divided by r_i, r_i = 2**u, u ~ U(0, 1); no nonlinearity sits between the two, so the float32 function
-is unchanged, and the script refuses a draw whose float32 labels moved) and so re-rounds the depthwise
+float32 model (every separable conv: depthwise channel i times r_i, pointwise input row i divided by
+r_i, r_i = 2**u, u ~ U(0, 1); no nonlinearity sits between the two, so the float32 function is
+unchanged up to float32 rounding of the products: a near-tie pixel may move, and the script refuses a
+draw that moves more than 1 in 10,000 float32 labels; each draw's 16-bit labels are compared with that
+draw's float32 ones, the moved count recorded) and so re-rounds the depthwise
 kernels, the depthwise outputs and the pointwise kernels to 16 bits. The spread over draws is how much
 of one export's mIoU change is which way its rounding happened to fall; the other convs keep their
 rounding, so the spread is a lower bound. Draw 0 is the model as trained. A variant may name the
@@ -33,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
+# A draw is float32-exact up to the rounding of r * w: more moved labels than this share is a bug.
+MAX_FLOAT32_MOVED = 1e-4
 FORMS = ("bfloat16:fold", "bfloat16:nofold", "float16:fold", "float16:nofold")
 
 
@@ -162,17 +166,22 @@ def main(argv):
     print(f"{len(data)} val images, float32 mIoU {100 * miou32:.3f}", flush=True)
     rng = np.random.default_rng(FLAGS.seed)
     records = []
+    pixels = sum(int(r.size) for r in refs)
     for draw in range(FLAGS.draws):
         for v in model.variables:
             v.assign(trained[v.path])
+        draw_refs, draw_miou32, moved = refs, miou32, 0
         if draw:
             rounding_draw(model, rng)
-            moved = sum(int((a != b).sum()) for a, b in zip(labels(model), refs))
-            if moved:
-                raise RuntimeError(f"draw {draw}: the re-parameterised float32 model changed {moved} labels")
+            draw_refs = labels(model)
+            moved = sum(int((a != b).sum()) for a, b in zip(draw_refs, refs))
+            if moved > MAX_FLOAT32_MOVED * pixels:
+                raise RuntimeError(f"draw {draw}: the re-parameterised float32 model changed {moved} of "
+                                   f"{pixels} labels: not the same function")
+            draw_miou32 = miou(draw_refs)
         for variant in FLAGS.variants:
             precision, fold, how = (variant.split(":") + ["nearest"])[:3]
-            rec = {"variant": variant, "draw": draw}
+            rec = {"variant": variant, "draw": draw, "float32_labels_moved": moved}
             try:
                 target, folded = exporter.serving_model(model, arch, nc, structure, precision, fold == "fold",
                                                         how, calibration)
@@ -182,9 +191,9 @@ def main(argv):
                 records.append(rec)
                 continue
             preds = labels(target)
-            k = compare_labels(preds, refs, truths, desc.ignore_label)
+            k = compare_labels(preds, draw_refs, truths, desc.ignore_label)
             rec.update(k, batch_norm_folded=folded, equal_fraction=k["equal"] / k["pixels"],
-                       miou_change=miou(preds) - miou32)
+                       miou_change=miou(preds) - draw_miou32)
             records.append(rec)
             print(f"draw {draw} {variant:30s} equal {100 * rec['equal_fraction']:.3f}%  mIoU change "
                   f"{100 * rec['miou_change']:+.3f}  (right->wrong {k['right_to_wrong']}, wrong->right "
