@@ -321,6 +321,31 @@ def test_mean_preserving_export_is_recorded_and_serves_like_float32(trained, exp
     assert (labels["mp"] == labels["f32"]).mean() >= 0.99
 
 
+def test_export_precision_agreement_script_on_the_trained_run(trained, tmp_path):
+    """bench/export_precision_agreement.py end to end: every variant and draw is recorded, a rounding
+    draw leaves the float32 labels (all but near ties) alone, and the 16-bit labels stay close."""
+    run, data = trained
+    out = tmp_path / "epa.json"
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "export_precision_agreement.py")
+    proc = subprocess.run([sys.executable, script, f"--checkpoint_path={run}", "--dataset=synthetic",
+                           f"--dataset_dir={data}", "--draws=2", "--calibration_examples=2",
+                           "--variants=bfloat16:fold,float16:fold:mean_preserving", f"--output_json={out}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    recs = report["records"]
+    assert [(r["draw"], r["variant"]) for r in recs] == [
+        (d, v) for d in (0, 1) for v in ("bfloat16:fold", "float16:fold:mean_preserving")]
+    pixels = recs[0]["pixels"]
+    for r in recs:
+        assert r["pixels"] == pixels and r["batch_norm_folded"] > 0
+        assert r["float32_labels_moved"] <= 1e-4 * pixels
+        assert r["equal"] / pixels == r["equal_fraction"] >= 0.98
+    assert {k: v["draws"] for k, v in report["summary"].items()} == {"bfloat16:fold": 2,
+                                                                    "float16:fold:mean_preserving": 2}
+    assert "8 draws" not in proc.stdout and "2 draws: equal >=" in proc.stdout
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,path,kw,match", [
