@@ -107,6 +107,7 @@ def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: 
     import tensorflow as tf  # noqa: PLC0415
 
     from bench import common  # noqa: PLC0415
+    from nas_deeplab.training import memory  # noqa: PLC0415
     with tempfile.TemporaryDirectory() as out:
         t0 = time.monotonic()
         s = _searcher(out, crop, recompute_levels, mixed_precision, recompute_cheap_ops)
@@ -117,9 +118,11 @@ def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: 
         t0 = time.monotonic()
         s.weight_step(next(it_a))["loss"].numpy()
         first_w = time.monotonic() - t0
+        memory.release_free_heap()   # as Searcher._run_step does after each step's first run
         t0 = time.monotonic()
         s.arch_step(next(it_b))["loss"].numpy()
         first_a = time.monotonic() - t0
+        memory.release_free_heap()
         startup_rss = common.peak_rss_mib()
         w_times = common.time_calls(lambda: s.weight_step(next(it_a))["loss"].numpy(), 0, repeats)
         a_times = common.time_calls(lambda: s.arch_step(next(it_b))["loss"].numpy(), 0, repeats)
@@ -131,7 +134,9 @@ def bench_search(crop: int, repeats: int, recompute_levels=(), mixed_precision: 
         params = int(s.net.parameter_count("weights"))
     base = {"crop": crop, "batch": 2, "L": 12, "B": 5, "F": 8, "supernet_weights": params,
             "recompute_levels": list(recompute_levels), "precision": _precision_name(mixed_precision),
-            "recompute_cheap_ops": cheap}
+            "recompute_cheap_ops": cheap,
+            # glibc malloc arena cap in force (0: glibc's default), and the heap trims after first runs
+            "malloc_arenas": int(os.environ.get(memory.ARENAS_ENV) or 0), "heap_trimmed": True}
     notes = ([f"recompute levels {','.join(map(str, recompute_levels))}"] if recompute_levels else []) + \
         ([_precision_name(mixed_precision)] if mixed_precision != "none" else []) + \
         ([f"cheap ops {'recomputed' if cheap else 'kept'}"] if recompute_cheap_ops != "auto" or cheap else [])
@@ -455,8 +460,11 @@ def main(argv):
     del argv
     import json  # noqa: PLC0415
     if FLAGS.child:
+        # What the CLIs do: search.py prefers op-parallel pools on CPU, train/eval/export the defaults;
+        # search.py also caps glibc's malloc arenas at the core count (applied when nas_deeplab loads).
+        if FLAGS.only[0].startswith("search"):
+            os.environ.setdefault("NAS_DEEPLAB_MALLOC_ARENAS", str(os.cpu_count() or 1))
         from nas_deeplab.training import threads  # noqa: PLC0415
-        # What the CLIs do: search.py prefers op-parallel pools on CPU, train/eval/export the defaults.
         prefer = "op_parallel" if FLAGS.only[0].startswith("search") else "default"
         described = threads.configure(FLAGS.threads, prefer=prefer)
         records = _child(FLAGS.only[0], FLAGS.child_crop, FLAGS.repeats)

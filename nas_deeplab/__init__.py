@@ -7,6 +7,10 @@ start-up chatter filtered (`cli_startup`), so the filter also covers everything 
 
 __version__ = "0.1.0"
 
+from nas_deeplab.training import memory as _memory  # noqa: E402  (standard library only)
+
+_memory.limit_malloc_arenas_from_env()   # before TensorFlow starts its threads (see training/memory.py)
+
 from nas_deeplab import cli_startup as _cli_startup  # noqa: E402
 
 _cli_startup.import_tensorflow(announce=False)

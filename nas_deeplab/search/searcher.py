@@ -328,7 +328,8 @@ class Searcher:
 
     def _run_step(self, which, batches, step, timed):
         """The next batch through the weight or architecture step -> (outputs, loss). The first call
-        of each is timed in two parts, trace and first run, and logged: start-up is what users wait on."""
+        of each is timed in two parts, trace and first run, and logged: start-up is what users wait on;
+        after it the freed heap goes back to the system."""
         fn, key = (self.weight_step, "weight") if which == "weight" else (self.arch_step, "arch")
         first = key not in timed
         t = time.monotonic()
@@ -345,6 +346,9 @@ class Searcher:
             self.timings[f"{key}_first_step_s"] = time.monotonic() - t
             self.log(f"{which} step: trace {self.timings[f'{key}_trace_s']:.1f} s, first step "
                      f"{self.timings[f'{key}_first_step_s']:.1f} s, peak RSS {memory.peak_rss_mib():.0f} MiB")
+            # The step's instantiation (Grappler, executors) left freed heap behind: hand it back
+            # before the next step's activations pile on top of it (training/memory.py).
+            memory.release_free_heap()
         return out, loss
 
     def _check(self, out, step, which):
@@ -565,6 +569,7 @@ class Searcher:
         conf = 0.0
         for _ in range(self.cfg.val_steps):
             conf = conf + self.eval_step(next(it)).numpy()
+        memory.release_free_heap()   # the eval step's instantiation, as after the first training steps
         return _miou(conf)
 
 
