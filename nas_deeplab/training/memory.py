@@ -14,6 +14,7 @@ return False where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import sys
@@ -30,8 +31,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@functools.cache
 def _glibc():
-    """The process's C library if it is glibc (mallopt and malloc_trim exist), else None."""
+    """The process's C library if it is glibc (mallopt and malloc_trim exist), else None; looked up
+    once, as the search trims after every first run and validation."""
     try:
         libc = ctypes.CDLL(None)
     except OSError:

@@ -103,4 +103,3 @@ def test_bad_settings_are_rejected(tmp_path):
         _config(tmp_path, recompute_cheap_ops="maybe").validate()
     with pytest.raises(ValueError, match="--recompute_cheap_ops=on applies to --supernet=fused"):
         _config(tmp_path, recompute_cheap_ops="on", supernet="reference").validate()
-
