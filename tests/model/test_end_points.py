@@ -75,6 +75,9 @@ def test_end_points_have_their_stride_and_the_heads_follow_the_path(name):
 @pytest.mark.parametrize("name", ["ends_at_16", "starts_at_8", "ends_at_32"])
 def test_searched_paths_train_with_the_decoder_on(name):
     backbone, stride, _ = PATHS[name]
+    # Seeded: with an unseeded initialisation six steps sometimes moved the stride-32 path's loss by
+    # less than its noise (0.69308 -> 0.69311 in one CI run), so the test could fail by chance.
+    keras.utils.set_random_seed(0)
     model = build_deeplab(_arch(backbone), ModelOptions(num_classes=2, aspp_convs_filters=8,
                                                         decoder_filters=8))
     assert model.decoder is not None
