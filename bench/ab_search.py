@@ -98,13 +98,14 @@ def main(argv):
         except ValueError as e:  # the search's own checks (crop size ...), named for this tool's flags
             raise app.UsageError(f"--crop={FLAGS.crop}: {e}") from None
         batch = next(s._dataset("trainA" if FLAGS.step == "weight" else "trainB", 0))  # noqa: SLF001
-        step = s.weight_step if FLAGS.step == "weight" else s.arch_step
         saved = [(m, a, getattr(m, a)) for m, a, _ in patches]
         try:
             for m, a, v in patches:
                 setattr(m, a, v)
             t0 = time.monotonic()
-            step(batch)["loss"].numpy()  # traces with the patches in force
+            s.compile_steps()  # traces with the patches in force; the step runs as in a search
+            step = s.weight_step if FLAGS.step == "weight" else s.arch_step
+            step(batch)["loss"].numpy()
         finally:
             for m, a, v in saved:
                 setattr(m, a, v)

@@ -486,6 +486,12 @@ class Supernet(tf.Module):
             cache[key] = fn
         return cache[key]
 
+    def forget_node_functions(self) -> int:
+        """Drop the traced node functions (they hold their Python graphs): once the steps that call
+        them are compiled (`training/compiled_step.py`), only the runtime needs them, and a later
+        call of the supernet traces them afresh. Returns how many there were."""
+        return len(self.__dict__.pop("_fn_cache", {}))
+
     def _make_node_fn(self, v, ks, size):
         cfg = self.config
         B, C = cfg.num_blocks, cfg.filter_multiplier * 2 ** v

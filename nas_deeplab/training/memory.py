@@ -31,6 +31,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def resident_mib() -> float:
+    """Resident memory of this process now, MiB (Linux /proc; NaN where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 @functools.cache
 def _glibc():
     """The process's C library if it is glibc (mallopt and malloc_trim exist), else None; looked up

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from nas_deeplab.search import searcher, trellis
+from nas_deeplab.training import compiled_step
 
 
 
@@ -35,9 +36,13 @@ def test_resume_equals_uninterrupted_and_steps_touch_only_their_variables(tmp_pa
     alpha0, beta0 = straight.net.alpha.numpy().copy(), straight.net.beta.numpy().copy()
     res = straight.run()
     assert res.finished and res.step == 4
-    # The freed heap went back to the system once after each step's first run (its instantiation's
+    # The freed heap went back to the system once after the traced graphs were released
+    # (training/compiled_step.py) and once after each step's first run (its instantiation's
     # garbage, training/memory.py), not after every one of the 4 weight and 4 arch steps.
-    assert len(trims) == 2
+    assert len(trims) == 3
+    assert isinstance(straight.weight_step, compiled_step.CompiledStep)
+    assert isinstance(straight.arch_step, compiled_step.CompiledStep)
+    assert straight.net.forget_node_functions() == 0   # the traced node functions were let go
     alpha, beta = straight.net.alpha.numpy().copy(), straight.net.beta.numpy().copy()
     # alpha/beta were trained: 4 Adam steps (lr 3e-3) moved every alpha and every beta logit of a
     # transition that exists, by more than their initial scale (N(0, 1) * 1e-3).
