@@ -76,9 +76,9 @@ flags.DEFINE_float("arch_beta_1", 0.5, "Adam beta_1 of alpha/beta (DARTS convent
 flags.DEFINE_float("arch_beta_2", 0.999, "Adam beta_2 of alpha/beta.")
 flags.DEFINE_float("arch_weight_decay", 1e-3, "Coupled L2 weight decay of alpha/beta.")
 flags.DEFINE_list("recompute_levels", None, "Recompute only the nodes of these levels in the backward pass "
-                  "(0 = stride 4 holds most activations). At crop 321 (paper setting) 0,1 peaks at 5.2 GiB "
-                  "instead of 9.9 GiB in float32 (3.97 instead of 5.4 in bfloat16; 4.1 with the per-epoch "
-                  "validation), weight step +6% (bench/results.json, 2-core AMD EPYC).")
+                  "(0 = stride 4 holds most activations). At crop 321 (paper setting) 0,1 peaks at 4.6 GiB "
+                  "instead of 9-10 GiB in float32 (3.3 instead of 4.7 in bfloat16; 3.5 in a whole run with "
+                  "the per-epoch validation), weight step +22% (bench/results.json, 2-core AMD EPYC).")
 flags.DEFINE_boolean("recompute", False, "Recompute each trellis node in the backward pass: less memory "
                      "(for large crops), more time.")
 flags.DEFINE_enum("supernet", "fused", ["fused", "reference"],

@@ -333,7 +333,7 @@ class Searcher:
 
     def compile_steps(self, batch_spec=None):
         """Trace the steps this search will run, keep only their runtime functions and let go of the
-        Python graphs tracing left behind (training/compiled_step.py: about 0.45 GiB at crop 321),
+        Python graphs tracing left behind (training/compiled_step.py: 0.5 GiB at crop 321),
         before the first step instantiates its graph. `run` calls it; until then the steps are plain
         tf.functions that tests and benchmarks may call directly. batch_spec: of a distributed
         trainA batch (default: read from the pipeline; the trainB and val batches are alike)."""
@@ -364,8 +364,9 @@ class Searcher:
         gc.collect()   # the graphs are in reference cycles
         memory.release_free_heap()
         self.timings["compile_s"] = time.monotonic() - t0
-        self.log(f"traced the {', '.join(_STEP_NAMES[k] for k, _ in steps)} step(s) in "
-                 f"{self.timings['compile_s']:.1f} s ("
+        names = [_STEP_NAMES[k] for k, _ in steps]
+        names = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        self.log(f"traced the {names} step{'s' if len(steps) > 1 else ''} in {self.timings['compile_s']:.1f} s ("
                  + ", ".join(f"{_STEP_NAMES[k]} {self.timings[f'{k}_trace_s']:.1f} s" for k, _ in steps)
                  + f"); releasing their Python graphs freed {traced - memory.resident_mib():.0f} MiB")
 

@@ -99,7 +99,8 @@ def test_search_cli_runs_the_reference_supernet(tmp_path, capsys):
                         "--num_layers=1", "--num_blocks=1", "--num_levels=2", "--val_steps=0",
                         "--seed=5"]) == 0
     text = capsys.readouterr().out
-    assert "on 2 replica(s)" in text and "architecture step: trace" in text
+    assert "on 2 replica(s)" in text and "architecture step: first step" in text
+    assert "traced the weight and architecture steps in" in text
     arch = architecture.Architecture.load(str(out / "architecture.json"))
     assert arch.num_layers == 1 and arch.num_blocks == 1 and arch.filter_multiplier == 1
     init = supernet.Supernet(supernet.SupernetConfig(num_classes=2, num_layers=1, num_blocks=1,

@@ -35,7 +35,10 @@ def test_tiny_search_writes_a_buildable_architecture(tmp_path, capsys):
                    "--num_blocks=5", "--val_steps=1", "--log_every=1"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "architecture.json" in text and "backbone" in text and "weight step: trace" in text
+    assert "architecture.json" in text and "backbone" in text and "weight step: first step" in text
+    # the three steps were compiled up front and their Python graphs let go (training/compiled_step.py)
+    assert "traced the weight, architecture and validation steps in" in text
+    assert "releasing their Python graphs freed" in text
     arch = architecture.Architecture.load(str(out / "architecture.json"))
     assert arch.num_layers == 2 and arch.num_blocks == 5 and arch.filter_multiplier == 2
     assert "zero" not in arch.operations
