@@ -331,17 +331,19 @@ class Searcher:
                                    strategy.run(eval_replica, args=(dist_batch,)), axis=None)
         self.eval_step = eval_step
 
-    def compile_steps(self, batch_spec=None):
+    def compile_steps(self, example_batch=None):
         """Trace the steps this search will run, keep only their runtime functions and let go of the
         Python graphs tracing left behind (training/compiled_step.py: 0.5 GiB at crop 321),
         before the first step instantiates its graph. `run` calls it; until then the steps are plain
-        tf.functions that tests and benchmarks may call directly. batch_spec: of a distributed
-        trainA batch (default: read from the pipeline; the trainB and val batches are alike)."""
+        tf.functions that tests and benchmarks may call directly. example_batch: a distributed trainA
+        batch, or its spec where that has static shapes (default: the first batch of a fresh trainA
+        pipeline; a multi-worker pipeline's spec leaves the batch size open). The trainB and val
+        batches are alike."""
         if isinstance(self.weight_step, compiled_step.CompiledStep):
             return
         t0 = time.monotonic()
-        if batch_spec is None:
-            batch_spec = self._dataset("trainA", 0).element_spec
+        if example_batch is None:
+            example_batch = next(self._dataset("trainA", 0))
         steps = [("weight", "weight_step")]
         if self.total_steps > self.arch_start_step:
             steps.append(("arch", "arch_step"))
@@ -351,13 +353,13 @@ class Searcher:
             for key, attr in steps:
                 t = time.monotonic()
                 fn = getattr(self, attr)
-                step = compiled_step.CompiledStep(fn, batch_spec, name=f"the {_STEP_NAMES[key]} step")
+                step = compiled_step.CompiledStep(fn, example_batch, name=f"the {_STEP_NAMES[key]} step")
                 for name in ("grads_name", "variable_names"):
                     if hasattr(fn, name):
                         setattr(step, name, getattr(fn, name))
                 setattr(self, attr, step)
                 self.timings[f"{key}_trace_s"] = time.monotonic() - t
-        del fn
+        del fn, example_batch
         traced = memory.resident_mib()
         self.net.forget_node_functions()
         compiled_step.forget_custom_gradients(gradients)
