@@ -1,8 +1,8 @@
 """A traced tf.function step cut down to the runtime function it compiled to, so its Python graphs can go.
 
 Why: tracing the search's two steps builds about 80k graph ops. Those graphs live on the C++ side of
-the Python graph objects, and at crop 321 they were about 0.45 GiB resident for the whole search, a
-ninth of its peak. The runtime never reads them: it runs the FunctionDefs that tracing registered in
+the Python graph objects, and at crop 321 (bfloat16) they were 0.5 GiB resident for the whole
+search, an eighth of its peak. The runtime never reads them: it runs the FunctionDefs that tracing registered in
 the eager context. What keeps the graphs alive is
 * the tf.function and its concrete functions (the step's graph and, through the node functions of
   the supernet, every nested graph), and
@@ -18,8 +18,8 @@ the eager context. What keeps the graphs alive is
 graphs afterwards.
 
 What it gives up: it cannot retrace. An input of another shape or dtype is refused, with a message
-naming the step (a tf.function would retrace silently). The same goes for calling it under a gradient
-tape: it records no gradient.
+naming the step (a tf.function would retrace silently). Under a gradient tape it records nothing:
+it is for steps that compute their own gradients.
 
 It uses TF internals: AtomicFunction, ConcreteFunction._inference_function and the gradient registry.
 tests/training/test_compiled_step.py pins each of them on the installed TF, and fails if one moves.
