@@ -368,7 +368,8 @@ class Searcher:
         self.timings["compile_s"] = time.monotonic() - t0
         names = [_STEP_NAMES[k] for k, _ in steps]
         names = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-        self.log(f"traced the {names} step{'s' if len(steps) > 1 else ''} in {self.timings['compile_s']:.1f} s ("
+        self.log(f"traced the {names} step{'s' if len(steps) > 1 else ''} in "
+                 f"{self.timings['compile_s']:.1f} s ("
                  + ", ".join(f"{_STEP_NAMES[k]} {self.timings[f'{k}_trace_s']:.1f} s" for k, _ in steps)
                  + f"); releasing their Python graphs freed {traced - memory.resident_mib():.0f} MiB")
 
@@ -539,7 +540,7 @@ class Searcher:
         if start < self.total_steps:
             self.compile_steps()
         bar = progress.ProgressLine(self.total_steps, start, every=cfg.log_every)
-        timed = set()  # steps whose first call (trace + first run) has been timed and logged
+        timed = set()  # steps whose first run (TF's instantiation of it) has been timed and logged
         step = start
         finished = step >= self.total_steps
         epoch = step // spe

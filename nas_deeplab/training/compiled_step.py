@@ -2,8 +2,8 @@
 
 Why: tracing the search's two steps builds about 80k graph ops. Those graphs live on the C++ side of
 the Python graph objects, and at crop 321 (bfloat16) they were 0.5 GiB resident for the whole
-search, an eighth of its peak. The runtime never reads them: it runs the FunctionDefs that tracing registered in
-the eager context. What keeps the graphs alive is
+search, an eighth of its peak. The runtime never reads them: it runs the FunctionDefs that tracing
+registered in the eager context. What keeps the graphs alive is
 * the tf.function and its concrete functions (the step's graph and, through the node functions of
   the supernet, every nested graph), and
 * the gradient functions `tf.custom_gradient` registers in graph mode, one per call, in TF's global
@@ -81,7 +81,8 @@ class CompiledStep:
             want = [f"{s.dtype.name}{list(s.shape)}" for s in self._specs]
             raise ValueError(f"{self.name} was compiled for inputs {want}, got {got}: a compiled step "
                              "does not retrace") from None
-        captured = tf.nest.flatten([c() if callable(c) else c for c in self._captures], expand_composites=True)
+        captured = tf.nest.flatten([c() if callable(c) else c for c in self._captures],
+                                   expand_composites=True)
         return self._function.call_preflattened(flat + captured)
 
     def experimental_get_tracing_count(self) -> int:
